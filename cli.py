@@ -1,0 +1,99 @@
+"""The `hypersr` command: upscale, train, bench, demo. Errors print one line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from .engine.errors import HypersrError
+
+DEFAULT_DATA_DIR = Path(os.environ.get("HYPERSR_DATA", Path.home() / ".cache" / "hypersr" / "data"))
+
+
+def cmd_train_base(args) -> None:
+    import torch
+
+    from .engine import presets
+    from .engine.train import train_base
+
+    preset = presets.get(args.preset)
+    hp = dict(preset.card["training"]["hyperparameters"])
+    for key in ("steps", "batch", "patch", "lr", "seed"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
+    out = Path(args.out or f"runs/{preset.name}")
+    t0 = time.time()
+    weights = train_base(preset.card["architecture"], preset.name, args.data_dir, out, device=args.device, **hp)
+    if args.install:
+        hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+        record = {
+            "hyperparameters": hp,
+            "data": "Debian wallpaper stills (train split) as simulated camera video + carphone_pristine; validation: bigbuckbunny (halved), bikes",
+            "wall_time_s": round(time.time() - t0),
+            "hardware": hardware,
+            "torch": torch.__version__,
+            "command": "hypersr " + shlex.join(sys.argv[1:]),
+        }
+        presets.install_weights(preset, weights, record)
+        print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
+
+
+def cmd_upscale(args) -> None:
+    from .ffmpeg_filter.pipe import run_upscale
+
+    matrix = {"709": 1, "601": 6, "2020": 9, None: None}[args.matrix]
+    n = run_upscale(args.input, args.output, args.preset, args.lora, args.device, matrix, progress=not args.quiet)
+    if not args.quiet:
+        print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hypersr", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("upscale", help="upscale a video (y4m in and out, or a video file in)")
+    up.add_argument("input", help="y4m file, - for y4m on stdin, or any video file bestsource can open")
+    up.add_argument("-o", "--output", required=True, help="y4m file, or - for stdout")
+    up.add_argument("--preset", default=None, help="default: fast-x2")
+    up.add_argument("--lora", help="LoRA file for this clip, from `hypersr analyse`")
+    up.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
+    up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    up.set_defaults(func=cmd_upscale)
+
+    train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
+    tb = train.add_parser("base", help="train a base preset's network")
+    tb.add_argument("--preset", default="fast-x2")
+    tb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sources are fetched to (default %(default)s)")
+    tb.add_argument("--out", help="run directory (checkpoints, log); default runs/PRESET")
+    tb.add_argument("--device", default="cpu")
+    tb.add_argument("--steps", type=int)
+    tb.add_argument("--batch", type=int)
+    tb.add_argument("--patch", type=int)
+    tb.add_argument("--lr", type=float)
+    tb.add_argument("--seed", type=int)
+    tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
+    tb.set_defaults(func=cmd_train_base)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except HypersrError as e:
+        print(f"hypersr: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("hypersr: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

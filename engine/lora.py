@@ -1,0 +1,212 @@
+"""LoRA: convolution layers that carry low-rank factors, and the LoRA file format.
+
+A LoRA for a clip is a pair of factors per adapted layer: A (rank x in*kh*kw) and B (out x rank).
+The layer's effective weight is W + scale * (B @ A) reshaped to the kernel. `merge()` folds that into W
+so that pass two costs exactly the base model; `unmerge()` restores W bit for bit (it keeps a copy).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .errors import HypersrError
+
+LORA_FORMAT_VERSION = 1
+
+
+class LoRAConv2d(nn.Conv2d):
+    """A Conv2d that may carry LoRA factors (A, B, scale) on top of its frozen base weight."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lora_A: torch.Tensor | None = None
+        self.lora_B: torch.Tensor | None = None
+        self.lora_scale = 1.0
+        self._base_weight: torch.Tensor | None = None  # set while merged
+
+    @property
+    def fan_in(self) -> int:
+        return self.in_channels // self.groups * self.kernel_size[0] * self.kernel_size[1]
+
+    @property
+    def merged(self) -> bool:
+        return self._base_weight is not None
+
+    def set_lora(self, A: torch.Tensor | None, B: torch.Tensor | None, scale: float = 1.0) -> None:
+        if self.merged:
+            raise RuntimeError("unmerge() before changing the LoRA of a merged layer")
+        if A is not None:
+            if A.dim() != 2 or A.shape[1] != self.fan_in or B.dim() != 2 or B.shape != (self.out_channels, A.shape[0]):
+                raise ValueError(
+                    f"LoRA factors A{tuple(A.shape)} B{tuple(B.shape)} do not fit a conv with "
+                    f"{self.out_channels} outputs and fan-in {self.fan_in}"
+                )
+        self.lora_A, self.lora_B, self.lora_scale = A, B, float(scale)
+
+    def delta_weight(self) -> torch.Tensor:
+        return (self.lora_scale * (self.lora_B @ self.lora_A)).view_as(self.weight)
+
+    def merge(self) -> None:
+        if self.merged or self.lora_A is None:
+            return
+        self._base_weight = self.weight.data.clone()
+        self.weight.data += self.delta_weight().to(self.weight.dtype)
+
+    def unmerge(self) -> None:
+        if not self.merged:
+            return
+        self.weight.data.copy_(self._base_weight)
+        self._base_weight = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = super().forward(x)
+        if self.lora_A is None or self.merged:
+            return y
+        # Unmerged path: x -> (A as a kxk conv to `rank` channels) -> (B as a 1x1 conv) -> scaled.
+        rank = self.lora_A.shape[0]
+        a = self.lora_A.view(rank, self.in_channels // self.groups, *self.kernel_size)
+        b = self.lora_B.view(self.out_channels, rank, 1, 1)
+        h = F.conv2d(x, a, None, self.stride, self.padding, self.dilation)
+        return y + self.lora_scale * F.conv2d(h, b)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRAConv2d]:
+    """The adapted layers of a model, by their module name (the names a LoRA file uses)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRAConv2d)}
+
+
+def merge_all(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.merge()
+
+
+def unmerge_all(model: nn.Module) -> None:
+    for layer in lora_layers(model).values():
+        layer.unmerge()
+
+
+@dataclass
+class LoRA:
+    """LoRA factors for every adapted layer of one base model, with where they came from."""
+
+    preset: str
+    base_sha256: str
+    scale: int  # the preset's upscaling factor, not the LoRA's strength
+    rank: int
+    factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (A, B)
+    strength: float = 1.0
+    clip_fingerprint: str = ""
+    made_by: dict = field(default_factory=dict)  # how it was made: tool, hypernet, refine steps, ...
+
+    def apply_to(self, model: nn.Module) -> None:
+        layers = lora_layers(model)
+        missing = sorted(set(layers) - set(self.factors))
+        extra = sorted(set(self.factors) - set(layers))
+        if missing or extra:
+            raise HypersrError(
+                f"this LoRA's layers do not match the model (missing {missing[:3]}, unknown {extra[:3]}); "
+                "make the LoRA again with `hypersr analyse` for this preset"
+            )
+        for name, layer in layers.items():
+            A, B = self.factors[name]
+            dev, dt = layer.weight.device, layer.weight.dtype
+            layer.set_lora(A.to(dev, dt), B.to(dev, dt), self.strength)
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path), then rename onto `path`: readers never see a half-written file."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    except OSError as e:
+        raise HypersrError(f"cannot write {path}: {e.strerror}; choose a writable location") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any new file
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_lora(lora: LoRA, path: str | os.PathLike) -> None:
+    tensors = {}
+    for name, (A, B) in lora.factors.items():
+        tensors[f"{name}.A"] = A.detach().float().contiguous().cpu()
+        tensors[f"{name}.B"] = B.detach().float().contiguous().cpu()
+    metadata = {
+        "format": "hypersr-lora",
+        "format_version": str(LORA_FORMAT_VERSION),
+        "preset": lora.preset,
+        "base_sha256": lora.base_sha256,
+        "scale": str(lora.scale),
+        "rank": str(lora.rank),
+        "strength": repr(lora.strength),
+        "layers": json.dumps(sorted(lora.factors)),
+        "clip_fingerprint": lora.clip_fingerprint,
+        "made_by": json.dumps(lora.made_by),
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def load_lora(path: str | os.PathLike) -> LoRA:
+    """Read and check a LoRA file's own consistency (not yet against a model: see presets.load_model)."""
+    path = Path(path)
+    if not path.is_file():
+        raise HypersrError(f"LoRA file {path} does not exist; make one with `hypersr analyse`")
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            meta = json.loads(f.read(header_len)).get("__metadata__") or {}
+    except (SafetensorError, ValueError, OSError) as e:
+        raise HypersrError(f"{path} is not a readable LoRA file ({e}); make it again with `hypersr analyse`") from None
+    if meta.get("format") != "hypersr-lora":
+        raise HypersrError(f"{path} is a safetensors file but not a hypersr LoRA; make one with `hypersr analyse`")
+    if int(meta.get("format_version", "0")) > LORA_FORMAT_VERSION:
+        raise HypersrError(f"{path} uses LoRA format {meta['format_version']}, newer than this hypersr; upgrade hypersr")
+    try:
+        layers = json.loads(meta["layers"])
+        factors = {name: (tensors[f"{name}.A"], tensors[f"{name}.B"]) for name in layers}
+        rank = int(meta["rank"])
+        lora = LoRA(
+            preset=meta["preset"],
+            base_sha256=meta["base_sha256"],
+            scale=int(meta["scale"]),
+            rank=rank,
+            factors=factors,
+            strength=float(meta.get("strength", "1.0")),
+            clip_fingerprint=meta.get("clip_fingerprint", ""),
+            made_by=json.loads(meta.get("made_by", "{}")),
+        )
+    except (KeyError, ValueError, TypeError) as e:
+        raise HypersrError(f"{path} is a damaged LoRA file (missing or bad entry {e}); make it again with `hypersr analyse`") from None
+    for name, (A, B) in factors.items():
+        if A.dim() != 2 or B.dim() != 2 or A.shape[0] != rank or B.shape[1] != rank:
+            raise HypersrError(f"{path} is a damaged LoRA file (layer {name} has bad factor shapes)")
+        if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+            raise HypersrError(f"{path} is a damaged LoRA file (layer {name} holds NaN or infinite values)")
+    return lora
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

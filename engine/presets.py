@@ -1,0 +1,129 @@
+"""The preset registry: presets/NAME.json (the model card) beside presets/NAME.safetensors (the weights).
+
+A card holds the architecture, scale, window, minimum frame size, the weights' SHA-256, how the weights
+were trained and their validation scores with the command that measured them. Loading checks the
+weights against the card, so a preset is exactly what its card describes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .errors import HypersrError
+from .lora import LoRA, load_lora, sha256_file
+from .models import build_model
+
+DEFAULT_PRESET = "fast-x2"
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("hypersr.presets")))
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.json"))
+
+
+@dataclass
+class Preset:
+    name: str
+    card: dict
+    card_path: Path
+    weights_path: Path
+
+    @property
+    def scale(self) -> int:
+        return int(self.card["architecture"]["scale"])
+
+    @property
+    def window(self) -> int:
+        return int(self.card["architecture"]["window"])
+
+    @property
+    def min_size(self) -> int:
+        return int(self.card.get("min_size", 16))
+
+    @property
+    def sha256(self) -> str:
+        return self.card["weights"]["sha256"]
+
+    def build(self) -> torch.nn.Module:
+        return build_model(self.card["architecture"])
+
+
+def get(name: str | None) -> Preset:
+    name = name or DEFAULT_PRESET
+    card_path = presets_dir() / f"{name}.json"
+    if not card_path.is_file():
+        raise HypersrError(f"unknown preset {name!r}; available: {', '.join(available()) or 'none'}")
+    card = json.loads(card_path.read_text())
+    return Preset(name, card, card_path, presets_dir() / card["weights"]["file"])
+
+
+def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = None, device: str = "cpu") -> torch.nn.Module:
+    """The preset's network with verified weights, the LoRA applied and merged, in eval mode."""
+    if not isinstance(preset, Preset):
+        preset = get(preset)
+    if not preset.weights_path.is_file():
+        raise HypersrError(f"preset {preset.name}: weights {preset.weights_path} are missing; reinstall hypersr")
+    digest = sha256_file(preset.weights_path)
+    if digest != preset.sha256:
+        raise HypersrError(
+            f"preset {preset.name}: weights {preset.weights_path.name} have SHA-256 {digest[:12]}…, the card says "
+            f"{preset.sha256[:12]}…; reinstall hypersr or retrain the preset"
+        )
+    model = preset.build()
+    model.load_state_dict(load_file(str(preset.weights_path)))
+    if lora is not None:
+        if not isinstance(lora, LoRA):
+            lora = load_lora(lora)
+        check_lora(lora, preset)
+        lora.apply_to(model)
+    model.to(device).eval()
+    for layer_merge in (m for m in model.modules() if hasattr(m, "merge")):
+        layer_merge.merge()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def check_lora(lora: LoRA, preset: Preset) -> None:
+    """Refuse a LoRA made for another preset, scale or base weights, naming both sides."""
+    if lora.preset != preset.name or lora.scale != preset.scale:
+        raise HypersrError(
+            f"this LoRA was made for preset {lora.preset} (x{lora.scale}), not {preset.name} (x{preset.scale}); "
+            f"use --preset {lora.preset} or make a new LoRA with `hypersr analyse --preset {preset.name}`"
+        )
+    if lora.base_sha256 != preset.sha256:
+        raise HypersrError(
+            f"this LoRA was made for other {preset.name} weights (base SHA-256 {lora.base_sha256[:12]}…, installed "
+            f"{preset.sha256[:12]}…); make it again with `hypersr analyse`"
+        )
+
+
+def write_card(preset: Preset, card: dict) -> None:
+    from .lora import atomic_write
+
+    text = json.dumps(card, indent=2) + "\n"
+    atomic_write(preset.card_path, lambda tmp: Path(tmp).write_text(text))
+    preset.card = card
+
+
+def install_weights(preset: Preset, weights: Path, record: dict) -> None:
+    """Copy trained weights into presets/ and record their hash and how they were made in the card."""
+    import shutil
+
+    from .lora import atomic_write
+
+    atomic_write(preset.weights_path, lambda tmp: shutil.copyfile(weights, tmp))
+    card = dict(preset.card)
+    card["weights"] = {"file": preset.weights_path.name, "sha256": sha256_file(preset.weights_path)}
+    card["training"] = {**card.get("training", {}), **record}
+    card.pop("validation", None)  # scores belong to the old weights; `hypersr bench quality --update-card`
+    write_card(preset, card)

@@ -1,0 +1,209 @@
+"""The y4m pipe filter: y4m (or any video file) in, hypersr's VapourSynth graph, y4m out.
+
+    ffmpeg -i in.mkv -f yuv4mpegpipe - | hypersr upscale - -o - | ffmpeg -f yuv4mpegpipe -i - out.mkv
+
+A y4m stream becomes a VapourSynth clip whose frames are read from the stream on demand, in order,
+keeping a short look-back; its length is unknown until the end, so requests past the last frame get
+the last frame marked with the PAST_END property, which ends the output. Memory is bounded by the
+window and VapourSynth's prefetch, never by the clip.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import vapoursynth as vs
+
+from ..engine.errors import HypersrError
+from ..engine.lora import atomic_write
+from ..vsplugin import PAST_END
+from ..vsplugin.io import default_matrix, open_video, source_matrix, to_rgb
+from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
+
+core = vs.core
+
+UNKNOWN_LENGTH = 1 << 30  # a y4m stream's length is known only at its end
+LOOK_BACK = 64  # decoded frames kept for requests behind the newest one
+
+
+def _vs_format(h: Y4MHeader) -> vs.VideoFormat:
+    sample = vs.INTEGER
+    if h.family == "gray":
+        return core.query_video_format(vs.GRAY, sample, h.bits, 0, 0)
+    sw, sh = h.subsampling
+    return core.query_video_format(vs.YUV, sample, h.bits, sw, sh)
+
+
+class _StreamFrames:
+    """Frames of a y4m stream, read in order on demand from VapourSynth's threads."""
+
+    def __init__(self, reader: Y4MReader):
+        self.reader = reader
+        self.lock = threading.Lock()
+        self.frames: dict[int, list[np.ndarray]] = {}
+        first = reader.read()
+        if first is None:
+            raise HypersrError(reader.truncated or f"{reader.name} holds no frames (a y4m header only); nothing to upscale")
+        self.frames[0] = first
+        self.next = 1
+        self.end: int | None = None  # frame count, once the stream has ended
+
+    def get(self, n: int) -> tuple[list[np.ndarray], bool]:
+        """Frame n's planes and whether n lies past the end (then the last frame's planes)."""
+        with self.lock:
+            while self.end is None and self.next <= n:
+                planes = self.reader.read()
+                if planes is None:
+                    self.end = self.next
+                    break
+                self.frames[self.next] = planes
+                self.frames.pop(self.next - LOOK_BACK, None)
+                self.next += 1
+            if self.end is not None and n >= self.end:
+                return self.frames[self.end - 1], True
+            if n not in self.frames:
+                raise RuntimeError(f"frame {n} was requested after it left the look-back buffer")
+            return self.frames[n], False
+
+
+@dataclass
+class Source:
+    clip: vs.VideoNode  # the input as decoded (YUV or GRAY)
+    header: Y4MHeader  # what the output header looks like, before resizing
+    matrix: int
+    total: int | None  # frame count if known
+    stream: _StreamFrames | None = None
+
+    @property
+    def truncated(self) -> str | None:
+        return self.stream.reader.truncated if self.stream else None
+
+
+def open_y4m(binary_stream, name: str, matrix: int | None = None) -> Source:
+    reader = Y4MReader(binary_stream, name)
+    h = reader.header
+    frames = _StreamFrames(reader)
+    fmt = _vs_format(h)
+    blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
+    matrix = matrix or default_matrix(h.width, h.height)
+    props = {"_Matrix": matrix, "_ChromaLocation": h.chroma_location, "_FieldBased": {"t": 2, "b": 1}.get(h.interlace, 0)}
+    props["_ColorRange"] = 0 if h.color_range == "FULL" else 1
+    if h.aspect[0] > 0 and h.aspect[1] > 0:
+        props.update(_SARNum=h.aspect[0], _SARDen=h.aspect[1])
+
+    def fill(n: int, f: vs.VideoFrame) -> vs.VideoFrame:
+        planes, past_end = frames.get(n)
+        fout = f.copy()
+        for p, plane in enumerate(planes):
+            np.copyto(np.asarray(fout[p]), plane)
+        fout.props.update(props)
+        if past_end:
+            fout.props[PAST_END] = 1
+        return fout
+
+    clip = core.std.ModifyFrame(blank, blank, fill)
+    return Source(clip, h, matrix, None, frames)
+
+
+def open_file(path: str, matrix: int | None = None) -> Source:
+    """A video file through bestsource; the output keeps its pixel layout (RGB sources become 4:4:4)."""
+    clip = open_video(path)
+    fmt = clip.format
+    if fmt is None or clip.width == 0:
+        raise HypersrError(f"{path} changes format or size mid-stream; convert it to one format first")
+    props = clip.get_frame(0).props
+    matrix = matrix or source_matrix(clip)
+    if fmt.color_family == vs.RGB:
+        clip = core.resize.Bicubic(clip, format=core.query_video_format(vs.YUV, vs.INTEGER, fmt.bits_per_sample, 0, 0).id, matrix=matrix)
+        fmt = clip.format
+    if fmt.sample_type == vs.FLOAT:
+        raise HypersrError(f"{path} has float samples, which y4m cannot carry; convert it to an integer format first")
+    family = "gray" if fmt.color_family == vs.GRAY else "yuv"
+    tag = chroma_tag(family, (fmt.subsampling_w, fmt.subsampling_h), fmt.bits_per_sample, props.get("_ChromaLocation", 0))
+    sar = (props.get("_SARNum", 0), props.get("_SARDen", 0))
+    header = Y4MHeader(
+        clip.width, clip.height, tag, (clip.fps.numerator or 25, clip.fps.denominator or 1),
+        {1: "b", 2: "t"}.get(props.get("_FieldBased", 0), "p"), sar,
+        "FULL" if props.get("_ColorRange", 1) == 0 else "LIMITED",
+    )
+    return Source(clip, header, matrix, clip.num_frames)
+
+
+def open_input(path: str, matrix: int | None = None) -> Source:
+    """`-` is stdin (y4m); a file starting with the y4m magic is read as y4m; anything else via bestsource."""
+    if path == "-":
+        return open_y4m(sys.stdin.buffer, "stdin", matrix)
+    p = Path(path)
+    if not p.is_file():
+        raise HypersrError(f"input {path} does not exist")
+    with open(p, "rb") as f:
+        is_y4m = f.read(9) == b"YUV4MPEG2"
+    if is_y4m:
+        return open_y4m(open(p, "rb"), str(p), matrix)
+    return open_file(str(p), matrix)
+
+
+def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
+    """The upscaled RGB back in the source's pixel layout, range and chroma siting."""
+    h = source.header
+    fmt = _vs_format(h)
+    rng = 0 if h.color_range == "FULL" else 1
+    if h.family == "gray":
+        y = core.resize.Bicubic(upscaled_rgb, format=vs.YUV444PS, matrix=source.matrix)
+        return core.resize.Point(core.std.ShufflePlanes(y, 0, vs.GRAY), format=fmt.id, range_in=0, range=rng)
+    return core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range=rng, chromaloc=h.chroma_location)
+
+
+def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True) -> int:
+    """Write the clip's frames as y4m until the end (or the PAST_END marker); returns the frame count."""
+    from tqdm import tqdm
+
+    writer = Y4MWriter(out, header.resized(clip.width, clip.height))
+    written = 0
+    limit = total if total is not None else clip.num_frames
+    with tqdm(total=total, unit="frame", desc="hypersr", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+        for f in clip.frames(prefetch=max(2, core.num_threads), close=True):
+            if written >= limit or f.props.get(PAST_END, 0):
+                break
+            writer.write([np.asarray(f[p]) for p in range(f.format.num_planes)])
+            written += 1
+            bar.update()
+    out.flush()
+    return written
+
+
+def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None, progress: bool = True) -> int:
+    """The `hypersr upscale` command. Returns the number of frames written."""
+    from ..vsplugin import upscale
+
+    source = open_input(input_path, matrix)
+    try:
+        out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device))
+    except vs.Error as e:
+        raise HypersrError(str(e).removeprefix("hypersr.upscale: ")) from None
+
+    def produce(stream) -> int:
+        try:
+            return write_y4m(out, source.header, stream, source.total, progress)
+        except vs.Error as e:
+            raise HypersrError(f"processing failed: {str(e).strip()}") from None
+
+    if output_path == "-":
+        written = produce(sys.stdout.buffer)
+    else:
+        result = {}
+
+        def write_file(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                result["n"] = produce(f)
+
+        atomic_write(output_path, write_file)
+        written = result["n"]
+    if source.truncated:
+        raise HypersrError(source.truncated)
+    return written

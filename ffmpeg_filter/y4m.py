@@ -1,0 +1,236 @@
+"""YUV4MPEG2 (y4m) streams: the header, and frame-by-frame reading and writing of planes.
+
+Chroma tags follow FFmpeg's yuv4mpegpipe (de)muxer: C420jpeg / C420 (chroma centred), C420mpeg2
+(left), C420paldv (top-left), C420p9…C420p16 (left), C422[pN], C444[pN], Cmono[N]; samples above 8 bits
+are 16-bit little-endian. XCOLORRANGE=FULL|LIMITED carries the range; other tags pass through.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from ..engine.errors import HypersrError
+
+MAGIC = b"YUV4MPEG2"
+FRAME = b"FRAME"
+MAX_HEADER = 1024
+
+# VapourSynth's _ChromaLocation values
+CHROMA_LEFT, CHROMA_CENTER, CHROMA_TOP_LEFT = 0, 1, 2
+
+_CHROMA_RE = re.compile(r"^(420|422|444|mono)(jpeg|mpeg2|paldv|p(9|10|12|14|16)|(9|10|12|16))?$")
+
+
+class Y4MError(HypersrError):
+    pass
+
+
+@dataclass(frozen=True)
+class Y4MHeader:
+    width: int
+    height: int
+    chroma: str = "420jpeg"
+    fps: tuple[int, int] = (25, 1)
+    interlace: str = "p"
+    aspect: tuple[int, int] = (0, 0)
+    color_range: str | None = None  # "FULL", "LIMITED" or unknown
+    extra: tuple[str, ...] = field(default_factory=tuple)  # other X tags, passed through
+
+    # -- the pixel layout the chroma tag names --------------------------------------------------
+    @property
+    def family(self) -> str:
+        return "gray" if self.chroma.startswith("mono") else "yuv"
+
+    @property
+    def subsampling(self) -> tuple[int, int]:
+        """(log2 horizontal, log2 vertical) chroma subsampling."""
+        return {"420": (1, 1), "422": (1, 0), "444": (0, 0), "mon": (0, 0)}[self.chroma[:3]]
+
+    @property
+    def bits(self) -> int:
+        m = re.search(r"(\d+)$", self.chroma[3:] if not self.chroma.startswith("mono") else self.chroma[4:])
+        return int(m.group(1)) if m else 8
+
+    @property
+    def chroma_location(self) -> int:
+        if self.chroma in ("420jpeg", "420"):
+            return CHROMA_CENTER
+        return CHROMA_TOP_LEFT if self.chroma == "420paldv" else CHROMA_LEFT
+
+    @property
+    def dtype(self):
+        return np.dtype("<u2") if self.bits > 8 else np.dtype(np.uint8)
+
+    def plane_shapes(self) -> list[tuple[int, int]]:
+        if self.family == "gray":
+            return [(self.height, self.width)]
+        sw, sh = self.subsampling
+        c = (-(-self.height // (1 << sh)), -(-self.width // (1 << sw)))
+        return [(self.height, self.width), c, c]
+
+    def frame_bytes(self) -> int:
+        return sum(h * w for h, w in self.plane_shapes()) * self.dtype.itemsize
+
+    # -- text form -------------------------------------------------------------------------------
+    @classmethod
+    def parse(cls, line: bytes) -> "Y4MHeader":
+        try:
+            text = line.decode("ascii")
+        except UnicodeDecodeError:
+            raise Y4MError("the y4m header is not ASCII; is the input really a YUV4MPEG2 stream?") from None
+        tokens = text.split()
+        if not tokens or tokens[0] != "YUV4MPEG2":
+            raise Y4MError("input is not a YUV4MPEG2 stream (no 'YUV4MPEG2' magic); in ffmpeg use -f yuv4mpegpipe")
+        values: dict = {"extra": []}
+        try:
+            for tok in tokens[1:]:
+                key, val = tok[0], tok[1:]
+                if key == "W":
+                    values["width"] = int(val)
+                elif key == "H":
+                    values["height"] = int(val)
+                elif key == "C":
+                    values["chroma"] = val
+                elif key == "F":
+                    n, d = (int(x) for x in val.split(":"))
+                    values["fps"] = (n, d) if n > 0 and d > 0 else (25, 1)
+                elif key == "A":
+                    n, d = (int(x) for x in val.split(":"))
+                    values["aspect"] = (n, d)
+                elif key == "I":
+                    if val not in ("p", "t", "b", "?"):
+                        raise Y4MError(f"y4m interlace mode I{val} (mixed) is not supported; deinterlace first")
+                    values["interlace"] = val
+                elif key == "X":
+                    if val.startswith("COLORRANGE="):
+                        values["color_range"] = val[len("COLORRANGE=") :].upper()
+                    elif not val.startswith("YSCSS="):  # regenerated from C on output
+                        values["extra"].append(val)
+                else:
+                    raise ValueError(f"unknown field {tok!r}")
+        except (ValueError, IndexError) as e:
+            raise Y4MError(f"malformed y4m header ({e}); the stream must start with e.g. 'YUV4MPEG2 W640 H360 F25:1 C420jpeg'") from None
+        if "width" not in values or "height" not in values:
+            raise Y4MError("malformed y4m header: W (width) and H (height) are required")
+        if values["width"] <= 0 or values["height"] <= 0:
+            raise Y4MError(f"malformed y4m header: frame size {values['width']}x{values['height']}")
+        chroma = values.get("chroma", "420jpeg")
+        if not _CHROMA_RE.match(chroma):
+            raise Y4MError(
+                f"y4m colour format C{chroma} is not supported; use 4:2:0, 4:2:2, 4:4:4 or mono at 8-16 bits "
+                "(e.g. ffmpeg -pix_fmt yuv420p10le)"
+            )
+        values["chroma"] = chroma
+        values["extra"] = tuple(values["extra"])
+        return cls(**values)
+
+    def line(self) -> bytes:
+        parts = [f"YUV4MPEG2 W{self.width} H{self.height} F{self.fps[0]}:{self.fps[1]} I{self.interlace}"]
+        parts.append(f"A{self.aspect[0]}:{self.aspect[1]}")
+        parts.append(f"C{self.chroma}")
+        if self.family == "yuv":
+            parts.append(f"XYSCSS={self.chroma.upper()}")
+        if self.color_range:
+            parts.append(f"XCOLORRANGE={self.color_range}")
+        parts += [f"X{x}" for x in self.extra]
+        return (" ".join(parts) + "\n").encode("ascii")
+
+    def resized(self, width: int, height: int) -> "Y4MHeader":
+        return replace(self, width=width, height=height)
+
+
+def chroma_tag(family: str, subsampling: tuple[int, int], bits: int, chroma_location: int = CHROMA_LEFT) -> str:
+    """The y4m C tag for a planar layout (inverse of Y4MHeader's properties)."""
+    if family == "gray":
+        return "mono" if bits == 8 else f"mono{bits}"
+    base = {(1, 1): "420", (1, 0): "422", (0, 0): "444"}.get(subsampling)
+    if base is None or bits not in (8, 9, 10, 12, 14, 16):
+        raise Y4MError(f"this video's pixel layout (subsampling {subsampling}, {bits} bits) cannot be written as y4m")
+    if bits > 8:
+        return f"{base}p{bits}"
+    if base == "420":
+        return {CHROMA_CENTER: "420jpeg", CHROMA_TOP_LEFT: "420paldv"}.get(chroma_location, "420mpeg2")
+    return base
+
+
+def _read_line(stream, what: str) -> bytes:
+    buf = bytearray()
+    while len(buf) < MAX_HEADER:
+        c = stream.read(1)
+        if not c:
+            return bytes(buf)
+        buf += c
+        if c == b"\n":
+            return bytes(buf)
+    raise Y4MError(f"malformed y4m: {what} line longer than {MAX_HEADER} bytes")
+
+
+class Y4MReader:
+    """Reads frames from a binary stream. `read()` gives a list of planes (numpy) or None at the end;
+    an incomplete last frame also ends the stream and is recorded in `truncated`."""
+
+    def __init__(self, stream, name: str = "input"):
+        self.stream, self.name = stream, name
+        first = _read_line(stream, "header")
+        if not first:
+            raise Y4MError(f"{name} is empty: no y4m header and no frames")
+        if not first.endswith(b"\n"):
+            raise Y4MError(f"{name}: the y4m header is not terminated by a newline")
+        self.header = Y4MHeader.parse(first[:-1])
+        self.frames_read = 0
+        self.truncated: str | None = None
+
+    def read(self) -> list[np.ndarray] | None:
+        if self.truncated:
+            return None
+        line = _read_line(self.stream, "FRAME")
+        if not line:
+            return None
+        if not line.startswith(FRAME) or not line.endswith(b"\n"):
+            self.truncated = f"{self.name}: frame {self.frames_read} has a damaged 'FRAME' marker"
+            return None
+        size = self.header.frame_bytes()
+        data = _read_exactly(self.stream, size)
+        if len(data) < size:
+            self.truncated = (
+                f"{self.name} ended in the middle of frame {self.frames_read} ({len(data)} of {size} bytes); "
+                f"the {self.frames_read} complete frames were processed"
+            )
+            return None
+        self.frames_read += 1
+        planes, offset = [], 0
+        for h, w in self.header.plane_shapes():
+            n = h * w * self.header.dtype.itemsize
+            planes.append(np.frombuffer(data, self.header.dtype, h * w, offset).reshape(h, w))
+            offset += n
+        return planes
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    chunks, got = [], 0
+    while got < size:
+        chunk = stream.read(size - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return b"".join(chunks)
+
+
+class Y4MWriter:
+    def __init__(self, stream, header: Y4MHeader):
+        self.stream, self.header = stream, header
+        stream.write(header.line())
+
+    def write(self, planes) -> None:
+        shapes = self.header.plane_shapes()
+        out = [FRAME + b"\n"]
+        for plane, shape in zip(planes, shapes, strict=True):
+            arr = np.asarray(plane)
+            if arr.shape != shape:
+                raise ValueError(f"plane of shape {arr.shape}, header expects {shape}")
+            out.append(np.ascontiguousarray(arr, dtype=self.header.dtype).tobytes())
+        self.stream.write(b"".join(out))

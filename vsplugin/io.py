@@ -1,0 +1,47 @@
+"""Opening video files in VapourSynth and converting between YUV and the models' RGB.
+
+Colour handling follows what encoders expect: the matrix, range and chroma siting come from the
+source's frame properties; where a source leaves the matrix unspecified, HD (width >= 1280 or
+height >= 720) means BT.709 and anything smaller BT.601.
+"""
+
+from __future__ import annotations
+
+import vapoursynth as vs
+
+from ..engine.errors import HypersrError
+
+core = vs.core
+
+MATRIX_709, MATRIX_601, MATRIX_UNSPECIFIED = 1, 6, 2
+
+
+def default_matrix(width: int, height: int) -> int:
+    return MATRIX_709 if width >= 1280 or height >= 720 else MATRIX_601
+
+
+def open_video(path: str) -> vs.VideoNode:
+    """Any video file FFmpeg can decode, through vapoursynth-bestsource."""
+    if not hasattr(core, "bs"):
+        raise HypersrError("reading video files needs the vapoursynth-bestsource plugin: pip install vapoursynth-bestsource")
+    try:
+        return core.bs.VideoSource(path)
+    except vs.Error as e:
+        raise HypersrError(f"cannot open {path} as video ({str(e).strip().splitlines()[-1]}); pass a y4m stream or another video file") from None
+
+
+def source_matrix(clip: vs.VideoNode) -> int:
+    """The YUV matrix a clip's first frame declares, or the HD/SD default when it declares none."""
+    m = clip.get_frame(0).props.get("_Matrix", MATRIX_UNSPECIFIED)
+    return default_matrix(clip.width, clip.height) if m in (MATRIX_UNSPECIFIED, 0, 3) else m
+
+
+def to_rgb(clip: vs.VideoNode, fmt: str = "RGBS", matrix: int | None = None) -> vs.VideoNode:
+    """YUV, gray or RGB -> RGB in the given format, honouring the clip's range and chroma siting."""
+    target = getattr(vs, fmt)
+    if clip.format.color_family == vs.RGB:
+        return core.resize.Point(clip, format=target)
+    if clip.format.color_family == vs.GRAY:
+        gray = core.resize.Point(clip, format=vs.GRAYS)  # limited-range Y becomes 0..1
+        return core.resize.Point(core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB), format=target)
+    return core.resize.Bicubic(clip, format=target, matrix_in=matrix if matrix is not None else source_matrix(clip))
