@@ -52,6 +52,12 @@ def cmd_upscale(args) -> None:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
 
 
+def cmd_demo(args) -> None:
+    from .demo import run_demo
+
+    run_demo(args.sample, args.out, args.preset, args.device)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypersr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -65,6 +71,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)
+
+    demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back, write the result and a comparison PNG")
+    demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")
+    demo.add_argument("-o", "--out", default="demo-out")
+    demo.add_argument("--preset", default=None)
+    demo.add_argument("--device", default=None)
+    demo.set_defaults(func=cmd_demo)
 
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
     tb = train.add_parser("base", help="train a base preset's network")

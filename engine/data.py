@@ -159,15 +159,18 @@ class WindowSampler:
     window: int
     patch: int  # HR patch side
     clip_fraction: float = 0.1
+    min_detail: float = 0.01  # mean |vertical gradient| of a patch, below which it is resampled
+    detail_tries: int = 10
 
     def __post_init__(self):
         # Pre-shrunk copies give the camera a range of magnifications without resizing 5K images per sample.
         self.pyramid = []
         for img in self.stills:
             t = to_float(img)[None]
-            for f in (1.0, 0.7, 0.5):
+            for f in (1.0, 0.7, 0.5, 0.35):
                 level = t if f == 1.0 else F.interpolate(t, scale_factor=f, mode="bicubic", antialias=True, align_corners=False)
-                self.pyramid.append(to_u8(level[0]))
+                if min(level.shape[-2:]) >= 2 * self.patch + 16:  # room for a crop with motion margin
+                    self.pyramid.append(to_u8(level[0]))
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         out = [self._from_clip(rng) if self.clips and rng.random() < self.clip_fraction else self._from_still(rng) for _ in range(n)]
@@ -182,13 +185,17 @@ class WindowSampler:
         return frames.flip(0) if rng.random() < 0.5 else frames
 
     def _from_still(self, rng) -> torch.Tensor:
-        img = self.pyramid[rng.integers(len(self.pyramid))]
         p, t = self.patch, self.window
         margin = p // 2 + 8  # room for motion and rotation
         src_side = p + 2 * margin
-        y = rng.integers(img.shape[0] - src_side + 1)
-        x = rng.integers(img.shape[1] - src_side + 1)
-        src = to_float(img[y : y + src_side, x : x + src_side])[None]
+        for _ in range(self.detail_tries):  # wallpapers are mostly smooth: prefer patches with detail
+            img = self.pyramid[rng.integers(len(self.pyramid))]
+            y = rng.integers(img.shape[0] - src_side + 1)
+            x = rng.integers(img.shape[1] - src_side + 1)
+            crop = img[y : y + src_side, x : x + src_side]
+            if np.abs(np.diff(crop[margin:-margin, margin:-margin, 1].astype(np.int16), axis=0)).mean() >= self.min_detail * 255:
+                break
+        src = to_float(crop)[None]
         # Camera path: per-frame translation (px/frame, sub-pixel), zoom and rotation rates.
         velocity = rng.uniform(-4, 4, 2) * (rng.random() < 0.8)
         zoom_rate = rng.uniform(-0.02, 0.02) * (rng.random() < 0.3)

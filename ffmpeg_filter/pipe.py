@@ -27,6 +27,7 @@ from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
 
 core = vs.core
 
+CHROMALOC_NAMES = {0: "left", 1: "center", 2: "top_left"}  # _ChromaLocation -> resize's chromaloc_s
 UNKNOWN_LENGTH = 1 << 30  # a y4m stream's length is known only at its end
 LOOK_BACK = 64  # decoded frames kept for requests behind the newest one
 
@@ -84,12 +85,18 @@ class Source:
         return self.stream.reader.truncated if self.stream else None
 
 
-def open_y4m(binary_stream, name: str, matrix: int | None = None) -> Source:
+def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | None = None) -> Source:
+    """A y4m stream as a clip. `size` (bytes, for files) gives the length when every frame header is a
+    plain FRAME; otherwise the length is learnt at the end of the stream."""
     reader = Y4MReader(binary_stream, name)
     h = reader.header
+    total = None
+    if size is not None:
+        payload, per_frame = size - reader.header_size, len(b"FRAME\n") + h.frame_bytes()
+        total = payload // per_frame if payload % per_frame == 0 and payload > 0 else None
     frames = _StreamFrames(reader)
     fmt = _vs_format(h)
-    blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
+    blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
     matrix = matrix or default_matrix(h.width, h.height)
     props = {"_Matrix": matrix, "_ChromaLocation": h.chroma_location, "_FieldBased": {"t": 2, "b": 1}.get(h.interlace, 0)}
     props["_ColorRange"] = 0 if h.color_range == "FULL" else 1
@@ -107,7 +114,7 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None) -> Source:
         return fout
 
     clip = core.std.ModifyFrame(blank, blank, fill)
-    return Source(clip, h, matrix, None, frames)
+    return Source(clip, h, matrix, total, frames)
 
 
 def open_file(path: str, matrix: int | None = None) -> Source:
@@ -144,7 +151,7 @@ def open_input(path: str, matrix: int | None = None) -> Source:
     with open(p, "rb") as f:
         is_y4m = f.read(9) == b"YUV4MPEG2"
     if is_y4m:
-        return open_y4m(open(p, "rb"), str(p), matrix)
+        return open_y4m(open(p, "rb"), str(p), matrix, p.stat().st_size)
     return open_file(str(p), matrix)
 
 
@@ -152,11 +159,11 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     """The upscaled RGB back in the source's pixel layout, range and chroma siting."""
     h = source.header
     fmt = _vs_format(h)
-    rng = 0 if h.color_range == "FULL" else 1
+    rng = "full" if h.color_range == "FULL" else "limited"  # resize's range_s; note its ints differ from _ColorRange
     if h.family == "gray":
         y = core.resize.Bicubic(upscaled_rgb, format=vs.YUV444PS, matrix=source.matrix)
-        return core.resize.Point(core.std.ShufflePlanes(y, 0, vs.GRAY), format=fmt.id, range_in=0, range=rng)
-    return core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range=rng, chromaloc=h.chroma_location)
+        return core.resize.Point(core.std.ShufflePlanes(y, 0, vs.GRAY), format=fmt.id, range_in_s="full", range_s=rng)
+    return core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range_s=rng, chromaloc_s=CHROMALOC_NAMES[h.chroma_location])
 
 
 def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True) -> int:

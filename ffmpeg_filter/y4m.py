@@ -180,6 +180,7 @@ class Y4MReader:
         if not first.endswith(b"\n"):
             raise Y4MError(f"{name}: the y4m header is not terminated by a newline")
         self.header = Y4MHeader.parse(first[:-1])
+        self.header_size = len(first)
         self.frames_read = 0
         self.truncated: str | None = None
 

@@ -45,3 +45,32 @@ def to_rgb(clip: vs.VideoNode, fmt: str = "RGBS", matrix: int | None = None) -> 
         gray = core.resize.Point(clip, format=vs.GRAYS)  # limited-range Y becomes 0..1
         return core.resize.Point(core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB), format=target)
     return core.resize.Bicubic(clip, format=target, matrix_in=matrix if matrix is not None else source_matrix(clip))
+
+
+def clip_from_array(frames, fps: tuple[int, int] = (25, 1)) -> vs.VideoNode:
+    """[T, 3, H, W] float32 RGB (numpy) -> an RGBS clip."""
+    import numpy as np
+
+    frames = np.ascontiguousarray(frames, dtype=np.float32)
+    t, _, h, w = frames.shape
+    blank = core.std.BlankClip(format=vs.RGBS, width=w, height=h, length=t, fpsnum=fps[0], fpsden=fps[1], keep=True)
+
+    def fill(n, f):
+        fout = f.copy()
+        for p in range(3):
+            np.copyto(np.asarray(fout[p]), frames[n, p])
+        return fout
+
+    return core.std.ModifyFrame(blank, blank, fill)
+
+
+def clip_to_array(clip: vs.VideoNode):
+    """An RGBS clip -> [T, 3, H, W] float32 (numpy)."""
+    import numpy as np
+
+    clip = core.resize.Point(clip, format=vs.RGBS) if clip.format.id != vs.RGBS else clip
+    out = np.empty((clip.num_frames, 3, clip.height, clip.width), np.float32)
+    for n, f in enumerate(clip.frames(close=True)):
+        for p in range(3):
+            out[n, p] = np.asarray(f[p])
+    return out
