@@ -52,6 +52,32 @@ def cmd_upscale(args) -> None:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
 
 
+def cmd_bench_quality(args) -> None:
+    from .engine import presets
+    from .engine.evaluate import evaluate, table, validation_clips
+
+    names = args.preset or [presets.DEFAULT_PRESET]
+    scales = {presets.get(n).scale for n in names}
+    if len(scales) != 1:
+        raise HypersrError("compare presets of one scale at a time")
+    t0 = time.time()
+    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device)
+    print(table(results))
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
+    if args.update_card:
+        for n in names:
+            p = presets.get(n)
+            card = dict(p.card)
+            card["validation"] = {
+                "degradation": "bi",
+                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in ("bicubic", "lanczos", n)} for c, r in results.items()},
+                "command": "hypersr " + shlex.join(sys.argv[1:]),
+                "torch": __import__("torch").__version__,
+            }
+            presets.write_card(p, card)
+            print(f"updated {p.card_path}", file=sys.stderr)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -71,6 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)
+
+    bench = sub.add_parser("bench", help="measure").add_subparsers(dest="what", required=True)
+    bq = bench.add_parser("quality", help="Y-PSNR / SSIM on the validation clips against bicubic and Lanczos")
+    bq.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2)")
+    bq.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bq.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bq.add_argument("--device", default=None)
+    bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
+    bq.set_defaults(func=cmd_bench_quality)
 
     demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back, write the result and a comparison PNG")
     demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")
@@ -102,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     except HypersrError as e:
         print(f"hypersr: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader downstream went away (e.g. `| head`): stop quietly, without a traceback at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        print("hypersr: output pipe closed by the reader; stopped", file=sys.stderr)
+        return 141
     except KeyboardInterrupt:
         print("hypersr: interrupted", file=sys.stderr)
         return 130

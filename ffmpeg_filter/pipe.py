@@ -22,7 +22,7 @@ import vapoursynth as vs
 from ..engine.errors import HypersrError
 from ..engine.lora import atomic_write
 from ..vsplugin import PAST_END
-from ..vsplugin.io import default_matrix, open_video, source_matrix, to_rgb
+from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
 
 core = vs.core
@@ -98,8 +98,10 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
     fmt = _vs_format(h)
     blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
     matrix = matrix or default_matrix(h.width, h.height)
-    props = {"_Matrix": matrix, "_ChromaLocation": h.chroma_location, "_FieldBased": {"t": 2, "b": 1}.get(h.interlace, 0)}
-    props["_ColorRange"] = 0 if h.color_range == "FULL" else 1
+    props = {"_FieldBased": {"t": 2, "b": 1}.get(h.interlace, 0)}
+    if h.family == "yuv":
+        props.update(_Matrix=matrix, _ChromaLocation=h.chroma_location)
+    props.update(range_props(h.color_range == "FULL"))
     if h.aspect[0] > 0 and h.aspect[1] > 0:
         props.update(_SARNum=h.aspect[0], _SARDen=h.aspect[1])
 
@@ -136,7 +138,7 @@ def open_file(path: str, matrix: int | None = None) -> Source:
     header = Y4MHeader(
         clip.width, clip.height, tag, (clip.fps.numerator or 25, clip.fps.denominator or 1),
         {1: "b", 2: "t"}.get(props.get("_FieldBased", 0), "p"), sar,
-        "FULL" if props.get("_ColorRange", 1) == 0 else "LIMITED",
+        "FULL" if is_full_range(props) else "LIMITED",
     )
     return Source(clip, header, matrix, clip.num_frames)
 
@@ -159,7 +161,7 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     """The upscaled RGB back in the source's pixel layout, range and chroma siting."""
     h = source.header
     fmt = _vs_format(h)
-    rng = "full" if h.color_range == "FULL" else "limited"  # resize's range_s; note its ints differ from _ColorRange
+    rng = "full" if h.color_range == "FULL" else "limited"  # resize's range_s
     if h.family == "gray":
         y = core.resize.Bicubic(upscaled_rgb, format=vs.YUV444PS, matrix=source.matrix)
         return core.resize.Point(core.std.ShufflePlanes(y, 0, vs.GRAY), format=fmt.id, range_in_s="full", range_s=rng)

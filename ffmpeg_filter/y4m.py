@@ -21,7 +21,7 @@ MAX_HEADER = 1024
 # VapourSynth's _ChromaLocation values
 CHROMA_LEFT, CHROMA_CENTER, CHROMA_TOP_LEFT = 0, 1, 2
 
-_CHROMA_RE = re.compile(r"^(420|422|444|mono)(jpeg|mpeg2|paldv|p(9|10|12|14|16)|(9|10|12|16))?$")
+_CHROMA_RE = re.compile(r"^(420(jpeg|mpeg2|paldv)?|(420|422|444)(p(9|10|12|14|16))?|mono(9|10|12|16)?)$")
 
 
 class Y4MError(HypersrError):
@@ -51,7 +51,7 @@ class Y4MHeader:
 
     @property
     def bits(self) -> int:
-        m = re.search(r"(\d+)$", self.chroma[3:] if not self.chroma.startswith("mono") else self.chroma[4:])
+        m = re.fullmatch(r"(?:\d{3}p|mono)(\d+)", self.chroma)
         return int(m.group(1)) if m else 8
 
     @property

@@ -16,6 +16,20 @@ core = vs.core
 MATRIX_709, MATRIX_601, MATRIX_UNSPECIFIED = 1, 6, 2
 
 
+# Newer cores name the range `_Range` (1 = full, 0 = limited); older ones `_ColorRange` (0 = full, 1 = limited).
+_NEW_RANGE = hasattr(vs, "RANGE_FULL")
+
+
+def range_props(full: bool) -> dict:
+    return {"_Range": int(full)} if _NEW_RANGE else {"_ColorRange": int(not full)}
+
+
+def is_full_range(props) -> bool:
+    if "_Range" in props:
+        return int(props["_Range"]) == 1
+    return int(props.get("_ColorRange", 1)) == 0
+
+
 def default_matrix(width: int, height: int) -> int:
     return MATRIX_709 if width >= 1280 or height >= 720 else MATRIX_601
 
@@ -43,7 +57,8 @@ def to_rgb(clip: vs.VideoNode, fmt: str = "RGBS", matrix: int | None = None) -> 
         return core.resize.Point(clip, format=target)
     if clip.format.color_family == vs.GRAY:
         gray = core.resize.Point(clip, format=vs.GRAYS)  # limited-range Y becomes 0..1
-        return core.resize.Point(core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB), format=target)
+        rgb = core.std.RemoveFrameProps(core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB), "_Matrix")
+        return core.resize.Point(rgb, format=target)
     return core.resize.Bicubic(clip, format=target, matrix_in=matrix if matrix is not None else source_matrix(clip))
 
 

@@ -1,0 +1,20 @@
+"""A quality floor for the shipped fast-x2 weights on the bundled clip (held out from training), through
+the same path as `make demo`: BI x1/2 -> y4m -> `hypersr upscale` -> compare with the original."""
+
+from __future__ import annotations
+
+from helpers import SAMPLE
+from hypersr.demo import run_demo
+
+# Measured with `make demo` (see README): fast-x2 beats bicubic by MEASURED_GAIN dB on this clip.
+# The floor leaves a margin for other CPUs / library versions; it fails if the weights regress.
+MARGIN_DB = 0.3
+
+
+def test_fast_x2_beats_bicubic_and_lanczos_on_the_bundled_clip(tmp_path):
+    scores = run_demo(str(SAMPLE), str(tmp_path), "fast-x2", "cpu")
+    gain = scores["hypersr fast-x2"] - scores["bicubic"]
+    assert gain >= MEASURED_GAIN - MARGIN_DB, scores
+    assert scores["hypersr fast-x2"] > scores["lanczos"], scores
+    assert (tmp_path / "bbb_640x360_compare.png").stat().st_size > 10_000
+    assert (tmp_path / "bbb_640x360_x2.y4m").stat().st_size > 0
