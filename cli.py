@@ -68,6 +68,7 @@ def cmd_bench_quality(args) -> None:
         for n in names:
             p = presets.get(n)
             card = dict(p.card)
+            card["complexity"] = presets.complexity(p)
             card["validation"] = {
                 "degradation": "bi",
                 "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in ("bicubic", "lanczos", n)} for c, r in results.items()},

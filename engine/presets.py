@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from .errors import HypersrError
 from .lora import LoRA, load_lora, sha256_file
-from .models import build_model
+from .models import build_model, macs_per_lr_pixel
 
 DEFAULT_PRESET = "fast-x2"
 
@@ -91,6 +91,16 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def complexity(preset: Preset) -> dict:
+    model = preset.build()
+    macs = macs_per_lr_pixel(model)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "macs_per_input_pixel": macs,
+        "flops_per_output_pixel": round(2 * macs / preset.scale**2),
+    }
 
 
 def check_lora(lora: LoRA, preset: Preset) -> None:

@@ -191,6 +191,8 @@ def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str
     from ..vsplugin import upscale
 
     source = open_input(input_path, matrix)
+    if source.header.interlace in ("t", "b") and progress:
+        print("hypersr: note: the input is interlaced; hypersr upscales whole frames, so deinterlace first for best results", file=sys.stderr)
     try:
         out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device))
     except vs.Error as e:

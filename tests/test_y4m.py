@@ -12,6 +12,7 @@ import pytest
 
 from helpers import ffmpeg_y4m
 from hypersr.ffmpeg_filter.pipe import open_input, write_y4m
+from hypersr.vsplugin.io import clip_to_array, to_rgb
 from hypersr.ffmpeg_filter.y4m import Y4MError, Y4MHeader, Y4MReader, Y4MWriter
 
 # FFmpeg pixel format -> the C tag FFmpeg writes for it
@@ -124,3 +125,22 @@ def test_planes_have_the_header_layout(streams):
     reader = Y4MReader(io.BytesIO(streams["420p10"]))
     y, u, v = reader.read()
     assert y.shape == (38, 66) and u.shape == (19, 33) and y.dtype == np.dtype("<u2") and y.max() < 1024
+
+
+@pytest.mark.parametrize("size, matrix", [("320x240", "bt601"), ("1280x720", "bt709")])
+def test_matrix_defaults_follow_frame_size(tmp_path, size, matrix):
+    """y4m carries no matrix: SD is read as BT.601 and HD as BT.709, the way FFmpeg made them here."""
+    path = tmp_path / "in.y4m"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", "1",
+                    "-vf", f"scale=out_color_matrix={matrix}:out_range=tv", "-pix_fmt", "yuv444p", "-f", "yuv4mpegpipe", "-y", str(path)], check=True)
+    w, h = map(int, size.split("x"))
+    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"scale=in_color_matrix={matrix}:in_range=tv",
+                              "-pix_fmt", "gbrpf32le", "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
+    g, b, r = np.frombuffer(decoded, np.float32).reshape(3, h, w)
+    theirs = np.stack([r, g, b])
+    source = open_input(str(path))
+    ours = clip_to_array(to_rgb(source.clip, "RGBS", source.matrix)[:1])[0]
+    assert np.abs(ours - theirs).mean() < 1.6 / 255  # FFmpeg rounds its float output differently
+    other = {"bt601": 1, "bt709": 6}[matrix]  # the wrong matrix is clearly told apart
+    wrong = clip_to_array(to_rgb(source.clip, "RGBS", other)[:1])[0]
+    assert np.abs(wrong - theirs).mean() > 4 / 255

@@ -59,7 +59,9 @@ def to_rgb(clip: vs.VideoNode, fmt: str = "RGBS", matrix: int | None = None) -> 
         gray = core.resize.Point(clip, format=vs.GRAYS)  # limited-range Y becomes 0..1
         rgb = core.std.RemoveFrameProps(core.std.ShufflePlanes(gray, [0, 0, 0], vs.RGB), "_Matrix")
         return core.resize.Point(rgb, format=target)
-    return core.resize.Bicubic(clip, format=target, matrix_in=matrix if matrix is not None else source_matrix(clip))
+    # A frame's _Matrix property outranks resize's matrix_in argument, so the choice is set as the property.
+    clip = core.std.SetFrameProps(clip, _Matrix=matrix if matrix is not None else source_matrix(clip))
+    return core.resize.Bicubic(clip, format=target)
 
 
 def clip_from_array(frames, fps: tuple[int, int] = (25, 1)) -> vs.VideoNode:
