@@ -29,7 +29,7 @@ core = vs.core
 
 CHROMALOC_NAMES = {0: "left", 1: "center", 2: "top_left"}  # _ChromaLocation -> resize's chromaloc_s
 UNKNOWN_LENGTH = 1 << 30  # a y4m stream's length is known only at its end
-LOOK_BACK = 64  # decoded frames kept for requests behind the newest one
+LOOK_BACK = 16  # decoded frames kept for requests behind the newest one (window + prefetch)
 
 
 def _vs_format(h: Y4MHeader) -> vs.VideoFormat:
@@ -41,35 +41,42 @@ def _vs_format(h: Y4MHeader) -> vs.VideoFormat:
 
 
 class _StreamFrames:
-    """Frames of a y4m stream, read in order on demand from VapourSynth's threads."""
+    """Frames of a y4m stream, read in order on demand from VapourSynth's threads.
+
+    Frames already read are served without waiting on the reader, so a thread blocked on the next
+    input frame never holds up output that is ready."""
 
     def __init__(self, reader: Y4MReader):
         self.reader = reader
-        self.lock = threading.Lock()
-        self.frames: dict[int, list[np.ndarray]] = {}
+        self.read_lock = threading.Lock()
         first = reader.read()
         if first is None:
             raise HypersrError(reader.truncated or f"{reader.name} holds no frames (a y4m header only); nothing to upscale")
-        self.frames[0] = first
+        self.frames: dict[int, list[np.ndarray]] = {0: first}
         self.next = 1
         self.end: int | None = None  # frame count, once the stream has ended
 
     def get(self, n: int) -> tuple[list[np.ndarray], bool]:
         """Frame n's planes and whether n lies past the end (then the last frame's planes)."""
-        with self.lock:
-            while self.end is None and self.next <= n:
+        while True:
+            planes = self.frames.get(n)
+            if planes is not None:
+                return planes, False
+            end = self.end
+            if end is not None and n >= end:
+                return self.frames[end - 1], True
+            with self.read_lock:
+                if n in self.frames or self.end is not None:
+                    continue
+                if n < self.next:
+                    raise RuntimeError(f"frame {n} was requested after it left the look-back buffer")
                 planes = self.reader.read()
                 if planes is None:
                     self.end = self.next
-                    break
-                self.frames[self.next] = planes
-                self.frames.pop(self.next - LOOK_BACK, None)
-                self.next += 1
-            if self.end is not None and n >= self.end:
-                return self.frames[self.end - 1], True
-            if n not in self.frames:
-                raise RuntimeError(f"frame {n} was requested after it left the look-back buffer")
-            return self.frames[n], False
+                else:
+                    self.frames[self.next] = planes
+                    self.frames.pop(self.next - LOOK_BACK, None)
+                    self.next += 1
 
 
 @dataclass

@@ -182,3 +182,37 @@ def test_broken_downstream_pipe_ends_quietly(tmp_path):
     proc = subprocess.run(["bash", "-c", cmd], capture_output=True, timeout=300)
     assert int(proc.stdout.split()[-1]) != 0
     assert b"Traceback" not in proc.stderr
+
+
+def test_streams_frames_before_the_input_ends(tmp_path):
+    """Output frames come out while the input is still open: memory is bounded by the window."""
+    import threading
+
+    data = ffmpeg_y4m(tmp_path / "in.y4m", size="64x48", frames=6).read_bytes()
+    header, rest = data.split(b"\n", 1)
+    frame_len = len(rest) // 6
+    proc = subprocess.Popen([HYPERSR, "upscale", "-", "-o", "-", "-q"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    got = bytearray()
+    first_frame = threading.Event()
+    out_header_len = len(b"YUV4MPEG2 W128 H96 F25:1 Ip A1:1 C420jpeg XYSCSS=420JPEG\n")
+    out_frame_len = len(b"FRAME\n") + 128 * 96 * 3 // 2
+
+    def reader():
+        while chunk := proc.stdout.read1(65536):
+            got.extend(chunk)
+            if len(got) >= out_header_len + out_frame_len:
+                first_frame.set()
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    proc.stdin.write(header + b"\n" + rest[: 3 * frame_len])  # three frames, stdin stays open
+    proc.stdin.flush()
+    try:
+        assert first_frame.wait(120), proc.stderr.read1(4096) if proc.poll() is not None else "no output frame while input was open"
+    finally:
+        proc.stdin.write(rest[3 * frame_len :])
+        proc.stdin.close()
+        proc.wait(120)
+        t.join(10)
+    assert proc.returncode == 0
+    assert len(read_all(bytes(got))[1]) == 6
