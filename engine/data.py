@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import hashlib
+import json
 import subprocess
 import sys
 import zipfile
@@ -147,33 +148,27 @@ def degrade_bi(hr: torch.Tensor, scale: int) -> torch.Tensor:
 DEGRADATIONS = {"bi": degrade_bi}  # later presets add noise, blur, compression here
 
 
-# --- stills -> windows of video ----------------------------------------------------------------
+# --- training windows ----------------------------------------------------------------------------
 
 @dataclass
 class WindowSampler:
-    """Random training windows: a simulated camera (pan, zoom, small rotation, sub-pixel motion) over
-    stills, and random windows of real training clips. Yields HR windows [N, T, 3, P, P] in [0, 1]."""
+    """Random HR training windows [N, T, 3, P, P] in [0, 1]: a simulated camera (engine.clips: pan,
+    zoom, small rotation, sub-pixel motion) over packed scenes, some of them shrunk like distant shots,
+    and random windows of the real training clips. The centre frame, the target, is always an exact
+    crop of its scene; its neighbours are where the camera moved to."""
 
-    stills: list[np.ndarray]
-    clips: list[np.ndarray]
+    scenes: np.ndarray  # [N, S, S, 3] uint8, from the training pack
+    clips: list[np.ndarray]  # [T, H, W, 3] uint8 each
     window: int
     patch: int  # HR patch side
     clip_fraction: float = 0.1
-    min_detail: float = 0.01  # mean |vertical gradient| of a patch, below which it is resampled
-    detail_tries: int = 10
-
-    def __post_init__(self):
-        # Pre-shrunk copies give the camera a range of magnifications without resizing 5K images per sample.
-        self.pyramid = []
-        for img in self.stills:
-            t = to_float(img)[None]
-            for f in (1.0, 0.7, 0.5, 0.35):
-                level = t if f == 1.0 else F.interpolate(t, scale_factor=f, mode="bicubic", antialias=True, align_corners=False)
-                if min(level.shape[-2:]) >= 2 * self.patch + 16:  # room for a crop with motion margin
-                    self.pyramid.append(to_u8(level[0]))
+    distant_fraction: float = 0.3
+    max_speed: float = 4.0  # camera pan, HR pixels per frame
+    min_detail: float = 0.01  # mean |vertical gradient| of the target below which a patch is drawn again
+    detail_tries: int = 6
 
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
-        out = [self._from_clip(rng) if self.clips and rng.random() < self.clip_fraction else self._from_still(rng) for _ in range(n)]
+        out = [self._from_clip(rng) if self.clips and rng.random() < self.clip_fraction else self._from_scene(rng) for _ in range(n)]
         return torch.stack(out)
 
     def _from_clip(self, rng) -> torch.Tensor:
@@ -184,36 +179,94 @@ class WindowSampler:
         frames = to_float(clip[t0 : t0 + self.window, y : y + self.patch, x : x + self.patch])
         return frames.flip(0) if rng.random() < 0.5 else frames
 
-    def _from_still(self, rng) -> torch.Tensor:
-        p, t = self.patch, self.window
-        margin = p // 2 + 8  # room for motion and rotation
-        src_side = p + 2 * margin
-        for _ in range(self.detail_tries):  # wallpapers are mostly smooth: prefer patches with detail
-            img = self.pyramid[rng.integers(len(self.pyramid))]
-            y = rng.integers(img.shape[0] - src_side + 1)
-            x = rng.integers(img.shape[1] - src_side + 1)
-            crop = img[y : y + src_side, x : x + src_side]
-            if np.abs(np.diff(crop[margin:-margin, margin:-margin, 1].astype(np.int16), axis=0)).mean() >= self.min_detail * 255:
+    def _from_scene(self, rng) -> torch.Tensor:
+        from .clips import random_camera, render, shrink
+
+        p, k = self.patch, self.window // 2
+        reach = p / 2 + self.max_speed * k + 0.06 * p * k + 2  # pan + zoom/rotation at the corners
+        view = int(np.ceil(2 * reach)) + 2  # side of the region the camera can see, after shrinking
+        side = self.scenes.shape[1]
+        for _ in range(self.detail_tries):
+            scene = self.scenes[rng.integers(len(self.scenes))]
+            m = rng.uniform(view / side, 0.8) if rng.random() < self.distant_fraction else 1.0
+            extent = min(side, int(np.ceil(view / m)) + 4)  # source pixels that shrink to `view`
+            y, x = rng.integers(side - extent + 1), rng.integers(side - extent + 1)
+            region = shrink(to_float(scene[y : y + extent, x : x + extent]), m)
+            lo, hi = int(np.ceil(reach)), int(region.shape[-1] - reach) - 1
+            half = 0.5 * (p % 2 == 0)  # centre between pixels for even patches: the target is an exact crop
+            centre = (rng.integers(lo, hi + 1) + half, rng.integers(lo, hi + 1) + half)
+            frames = render(region, random_camera(rng, centre, self.max_speed), self.window, p, start=-k)
+            if _detail(to_u8(frames[k])) >= self.min_detail:
                 break
-        src = to_float(crop)[None]
-        # Camera path: per-frame translation (px/frame, sub-pixel), zoom and rotation rates.
-        velocity = rng.uniform(-4, 4, 2) * (rng.random() < 0.8)
-        zoom_rate = rng.uniform(-0.02, 0.02) * (rng.random() < 0.3)
-        rot_rate = rng.uniform(-0.01, 0.01) * (rng.random() < 0.3)
-        thetas = []
-        for i in range(t):
-            k = i - t // 2
-            s = (p / src_side) * (1 + zoom_rate * k)
-            a = rot_rate * k
-            jitter = rng.normal(0, 0.15, 2) if k else 0.0  # the centre (target) frame stays an exact crop
-            dx, dy = (velocity * k + jitter) * 2 / src_side
-            thetas.append([[s * np.cos(a), -s * np.sin(a), dx], [s * np.sin(a), s * np.cos(a), dy]])
-        theta = torch.tensor(thetas, dtype=torch.float32)
-        grid = F.affine_grid(theta, (t, 3, p, p), align_corners=False)
-        frames = F.grid_sample(src.expand(t, -1, -1, -1), grid, mode="bicubic", padding_mode="reflection", align_corners=False)
         frames = quantise(frames)
         if rng.random() < 0.5:
             frames = frames.flip(-1)
         if rng.random() < 0.5:
             frames = frames.flip(0)  # time reversal
         return frames
+
+
+# --- the training pack: everything a training run reads, in one compact file ----------------------
+
+PACK_VERSION = 1
+
+
+def _detail(crop: np.ndarray) -> float:
+    return float(np.abs(np.diff(crop[..., 1].astype(np.int16), axis=0)).mean()) / 255
+
+
+def build_pack(data_dir: Path, out: Path, crop: int = 320, per_still: int = 3, candidates: int = 24, seed: int = 0, val_stride: int = 8) -> Path:
+    """Pack the training split into one .npz: `scenes` (detail-rich crops of the train stills, taken at
+    full, 0.7x and 0.5x size, each large enough for a shot with camera motion) and the training clips.
+    Deterministic for a given seed; a run on another machine needs only this file."""
+    from tqdm import tqdm
+
+    rng = np.random.default_rng(seed)
+    fetch(data_dir)
+    train, _ = split_stills(load_stills(data_dir))
+    scenes, names = [], []
+    for name, img in tqdm(train, desc="pack stills", file=sys.stderr):
+        t = to_float(img)[None]
+        levels = [t] + [F.interpolate(t, scale_factor=f, mode="bicubic", antialias=True, align_corners=False) for f in (0.7, 0.5)]
+        levels = [to_u8(level[0]) for level in levels if min(level.shape[-2:]) >= crop]
+        for _ in range(per_still):
+            best, best_detail = None, -1.0
+            for _ in range(candidates):
+                level = levels[rng.integers(len(levels))]
+                y, x = rng.integers(level.shape[0] - crop + 1), rng.integers(level.shape[1] - crop + 1)
+                c = level[y : y + crop, x : x + crop]
+                if (d := _detail(c)) > best_detail:
+                    best, best_detail = c, d
+            scenes.append(best)
+            names.append(name)
+    arrays = {"scenes": np.stack(scenes)}
+    for c in TRAINING_CLIPS:
+        arrays[f"clip:{c}"] = read_clip(data_dir / "clips" / f"{c}.mp4")
+    for c in VALIDATION_CLIPS:  # every val_stride-th frame, for the validation log during training
+        arrays[f"val:{c}"] = to_u8(validation_clip(data_dir, c)[::val_stride])
+    meta = {"version": PACK_VERSION, "crop": crop, "per_still": per_still, "seed": seed, "stills": names,
+            "clips": TRAINING_CLIPS, "validation": VALIDATION_CLIPS, "val_stride": val_stride}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    from .lora import atomic_write
+
+    atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+    return out
+
+
+@dataclass
+class Pack:
+    scenes: np.ndarray  # [N, S, S, 3] uint8
+    clips: list[np.ndarray]  # training clips, [T, H, W, 3] uint8
+    validation: dict[str, torch.Tensor]  # HR frames [T, 3, H, W] float, every val_stride-th frame
+    meta: dict
+
+
+def load_pack(path: Path) -> Pack:
+    from .errors import HypersrError
+
+    with np.load(path) as z:
+        meta = json.loads(bytes(z["meta"]).decode())
+        if meta.get("version") != PACK_VERSION:
+            raise HypersrError(f"{path} is a version {meta.get('version')} pack; rebuild it with `hypersr data pack`")
+        return Pack(z["scenes"], [z[f"clip:{c}"] for c in meta["clips"]], {c: to_float(z[f"val:{c}"]) for c in meta["validation"]}, meta)

@@ -40,20 +40,75 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
     return {name: np.round(np.clip(clip_to_array(c), 0, 1) * 255) / 255 for name, c in outs.items()}
 
 
-def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None) -> dict:
-    """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips."""
+def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None) -> dict:
+    """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips. With out_dir, also
+    writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
     results: dict = {}
     for name, hr in clips.items():
         lr = data.degrade_bi(hr, scale).numpy()
         results[name] = {}
-        for method, sr in upscale_methods(lr, scale, presets, device).items():
+        outputs = upscale_methods(lr, scale, presets, device)
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)
+        for method, sr in outputs.items():
             sr_t = torch.from_numpy(sr)
             psnrs = [y_psnr(a, b) for a, b in zip(sr_t, hr)]
             ssims = [y_ssim(a, b) for a, b in zip(sr_t, hr)]
             results[name][method] = {"y_psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "per_frame_psnr": psnrs}
     methods = next(iter(results.values())).keys()
     results["mean"] = {m: {k: float(np.mean([results[c][m][k] for c in clips])) for k in ("y_psnr", "ssim")} for m in methods}
+    if out_dir is not None:
+        per_frame_plot(out_dir / "per_frame_psnr.png", results)
     return results
+
+
+def _crops(frame: np.ndarray, boxes, zoom: int) -> list[np.ndarray]:
+    """frame [3, H, W] float -> list of HxWx3 uint8 crops, enlarged `zoom` times (nearest)."""
+    img = (np.clip(frame, 0, 1) * 255).round().astype(np.uint8).transpose(1, 2, 0)
+    return [img[y : y + h, x : x + w].repeat(zoom, 0).repeat(zoom, 1) for x, y, w, h in boxes]
+
+
+def comparison_png(path: Path, columns: dict[str, np.ndarray], frame: int, boxes=None, zoom: int = 2) -> None:
+    """Side by side: the same crops (x, y, w, h) of one frame from each method's frames [T, 3, H, W]."""
+    from PIL import Image, ImageDraw
+
+    if boxes is None:
+        h, w = next(iter(columns.values())).shape[-2:]
+        boxes = [(w // 8, h // 3, w // 4, h // 4), (w // 2, h // 2, w // 4, h // 4)]
+    label_h, gap = 22, 6
+    tiles = {name: _crops(frames[frame], boxes, zoom) for name, frames in columns.items()}
+    tw, th = tiles[next(iter(tiles))][0].shape[1], tiles[next(iter(tiles))][0].shape[0]
+    canvas = Image.new("RGB", (len(tiles) * (tw + gap) - gap, label_h + len(boxes) * (th + gap) - gap), "white")
+    draw = ImageDraw.Draw(canvas)
+    for c, (name, crops) in enumerate(tiles.items()):
+        x = c * (tw + gap)
+        draw.text((x + 4, 4), name, fill="black")
+        for r, crop in enumerate(crops):
+            canvas.paste(Image.fromarray(crop), (x, label_h + r * (th + gap)))
+    canvas.save(path)
+
+
+def per_frame_plot(path: Path, results: dict) -> None:
+    """One panel per clip: Y-PSNR of every frame for each method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    clips = [c for c in results if c != "mean"]
+    fig, axes = plt.subplots(len(clips), 1, figsize=(9, 3 * len(clips)), squeeze=False)
+    for ax, clip in zip(axes[:, 0], clips):
+        for method, r in results[clip].items():
+            ax.plot(r["per_frame_psnr"], label=f"{method} ({r['y_psnr']:.2f} dB)", linewidth=1)
+        ax.set_title(clip)
+        ax.set_xlabel("frame")
+        ax.set_ylabel("Y-PSNR (dB)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def table(results: dict) -> str:

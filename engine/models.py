@@ -31,17 +31,24 @@ class ResBlock(nn.Module):
 class FastVSR(nn.Module):
     """The real-time family (`fast-x2`, `fast-x4`).
 
-    Early fusion: the window's frames are stacked on the channel axis and mixed by the first conv, a few
-    residual blocks run at LR resolution, a pixel shuffle makes the HR image, and all of it is a residual
-    over the bicubic-interpolated centre frame (so an untrained net already gives bicubic).
+    fusion="early": the window's frames are stacked on the channel axis and mixed by the first conv.
+    fusion="perframe": a shared conv extracts features from each frame, a learned 1x1 conv fuses them.
+    Then a few residual blocks run at LR resolution, a pixel shuffle makes the HR image, and all of it is
+    a residual over the bicubic-interpolated centre frame (so an untrained net already gives bicubic).
     """
 
-    def __init__(self, scale: int = 2, window: int = 3, channels: int = 32, blocks: int = 3):
+    def __init__(self, scale: int = 2, window: int = 3, channels: int = 32, blocks: int = 3, fusion: str = "early"):
         super().__init__()
         if window % 2 != 1:
             raise ValueError("window must be odd (2k+1 frames)")
-        self.scale, self.window = scale, window
-        self.head = conv3x3(3 * window, channels)
+        if fusion not in ("early", "perframe"):
+            raise ValueError(f"unknown fusion {fusion!r}")
+        self.scale, self.window, self.fusion = scale, window, fusion
+        if fusion == "early":
+            self.head = conv3x3(3 * window, channels)
+        else:
+            self.frame_features = conv3x3(3, channels)
+            self.fuse = LoRAConv2d(channels * window, channels, 1)
         self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
         self.tail = conv3x3(channels, 3 * scale * scale)
         nn.init.zeros_(self.tail.weight)
@@ -50,7 +57,11 @@ class FastVSR(nn.Module):
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         n, t, c, h, w = window.shape
         centre = window[:, t // 2]
-        x = F.relu(self.head(window.reshape(n, t * c, h, w)))
+        if self.fusion == "early":
+            x = F.relu(self.head(window.reshape(n, t * c, h, w)))
+        else:
+            feats = F.relu(self.frame_features(window.reshape(n * t, c, h, w)))
+            x = F.relu(self.fuse(feats.reshape(n, t * feats.shape[1], h, w)))
         x = self.body(x) + x
         residual = F.pixel_shuffle(self.tail(x), self.scale)
         base = F.interpolate(centre, scale_factor=self.scale, mode="bicubic", align_corners=False)
@@ -67,10 +78,20 @@ def build_model(arch: dict) -> nn.Module:
     return ARCHITECTURES[kind](**arch)
 
 
-def macs_per_lr_pixel(model: nn.Module) -> int:
-    """Multiply-accumulates per LR input pixel of all convolutions (stride 1, same padding)."""
-    return sum(
-        m.out_channels * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-        for m in model.modules()
-        if isinstance(m, nn.Conv2d)
-    )
+def macs_per_lr_pixel(model: nn.Module, size: int = 16) -> int:
+    """Multiply-accumulates of all convolutions per LR input pixel, counted on a real forward pass
+    (so convolutions applied once per frame count once per frame)."""
+    total = 0
+
+    def count(m, inputs, output):
+        nonlocal total
+        total += output.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, model.window, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return round(total / (size * size))

@@ -1,8 +1,10 @@
 """Training base models: Charbonnier loss, AdamW + cosine schedule, checkpoints and resume.
 
-    hypersr train base --preset fast-x2 --data-dir ~/.cache/hypersr/data --out runs/fast-x2 --steps 3000
+    hypersr data pack                      # fetch the sources, write DATA_DIR/train-pack.npz (one file)
+    hypersr train base --preset fast-x2    # [--device cuda] [--pack FILE] [--steps N] [--install]
 
-The same command runs on CPU and CUDA (`--device`). The run directory holds `checkpoint.pt` (resumed
+The same command runs on CPU and CUDA. Training reads only the pack (and the validation clips), so a
+run can move to another machine with that one file. The run directory holds `checkpoint.pt` (resumed
 automatically), `log.jsonl` (loss, validation PSNR) and, at the end, `NAME.safetensors`.
 """
 
@@ -38,12 +40,12 @@ def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def validate(model, clips: dict[str, torch.Tensor], scale: int, device) -> dict[str, float]:
+def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade=data.degrade_bi) -> dict[str, float]:
     model.eval()
     scores = {}
     with torch.inference_mode():
         for name, hr in clips.items():
-            lr = data.degrade_bi(hr, scale).to(device)
+            lr = degrade(hr, scale).to(device)
             sr = data.quantise(upscale_clip(model, lr)).cpu()
             scores[name] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
     model.train()
@@ -55,6 +57,8 @@ def train_base(
     name: str,
     data_dir: Path,
     out: Path,
+    pack: Path | None = None,
+    degradation: str = "bi",
     steps: int = 3000,
     batch: int = 16,
     patch: int = 96,
@@ -63,18 +67,19 @@ def train_base(
     seed: int = 0,
     device: str = "cpu",
     val_every: int = 250,
-    val_stride: int = 8,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale, window = arch["scale"], arch["window"]
 
-    data.fetch(data_dir)
-    stills = [img for _, img in data.split_stills(data.load_stills(data_dir))[0]]
-    clips = [data.read_clip(data_dir / "clips" / f"{c}.mp4") for c in data.TRAINING_CLIPS]
-    sampler = data.WindowSampler(stills, clips, window, patch)
-    val = {c: data.validation_clip(data_dir, c)[::val_stride] for c in data.VALIDATION_CLIPS}
+    pack = pack or data_dir / "train-pack.npz"
+    if not pack.exists():
+        data.build_pack(data_dir, pack)
+    packed = data.load_pack(pack)
+    sampler = data.WindowSampler(packed.scenes, packed.clips, window, patch)
+    degrade = data.DEGRADATIONS[degradation]
+    val = packed.validation
 
     model = build_model(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
@@ -92,11 +97,13 @@ def train_base(
         print(f"resuming {ckpt} at step {start}", flush=True)
 
     log = open(out / "log.jsonl", "a")
+    if start == 0:  # where the untrained network (bicubic) starts, for comparison
+        log.write(json.dumps({"step": 0, "val_y_psnr": validate(model, val, scale, device, degrade)}) + "\n")
     t0, running = time.time(), []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {name}", file=None)
     for step in bar:
         hr = sampler.sample(batch, rng)
-        lr_in = data.degrade_bi(hr, scale)
+        lr_in = degrade(hr, scale)
         pred = model(lr_in.to(device))
         loss = charbonnier(pred, hr[:, window // 2].to(device))
         opt.zero_grad(set_to_none=True)
@@ -105,7 +112,7 @@ def train_base(
         sched.step()
         running.append(loss.item())
         if (step + 1) % val_every == 0 or step + 1 == steps:
-            scores = validate(model, val, scale, device)
+            scores = validate(model, val, scale, device, degrade)
             entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores, "elapsed_s": round(time.time() - t0, 1)}
             running = []
             log.write(json.dumps(entry) + "\n")
