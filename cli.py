@@ -37,7 +37,7 @@ def cmd_train_base(args) -> None:
     weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
                          preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
-        from .engine.lora import sha256_file
+        from .engine.files import sha256_file
 
         pack = args.pack or args.data_dir / "train-pack.npz"
         hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"

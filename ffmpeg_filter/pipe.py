@@ -20,7 +20,7 @@ import numpy as np
 import vapoursynth as vs
 
 from ..engine.errors import HypersrError
-from ..engine.lora import atomic_write
+from ..engine.files import atomic_write
 from ..vsplugin import PAST_END
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
