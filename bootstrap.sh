@@ -36,4 +36,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+# vspipe finds its Python through VapourSynth's runtime configuration (one entry per installation).
+.venv/bin/vapoursynth config >/dev/null
 touch .venv/.installed

@@ -6,7 +6,8 @@ centre frame back; they never touch torch themselves.
 
 from __future__ import annotations
 
-import threading
+import contextlib
+import queue
 
 import numpy as np
 import torch
@@ -28,25 +29,56 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 class Upscaler:
-    """Thread-safe: concurrent callers (VapourSynth's threads) take turns on the model."""
+    """Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model at once, each on its
+    own CUDA stream on a GPU. Frames larger than `tile` are processed in tiles overlapping by `tile_pad`
+    LR pixels, which covers the network's receptive field, so tiled output equals untiled output."""
 
-    def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, device: str | None = None):
+    def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, device: str | None = None,
+                 num_streams: int = 1, tile: int | None = None, tile_pad: int = 16):
         self.preset = presets.get(preset)
         self.device = resolve_device(device)
+        if num_streams < 1:
+            raise HypersrError(f"num_streams must be at least 1, not {num_streams}")
+        if tile is not None and tile < self.preset.min_size:
+            raise HypersrError(f"tile {tile} is below preset {self.preset.name}'s minimum frame size {self.preset.min_size}")
+        if tile_pad < 0:
+            raise HypersrError(f"tile_pad must not be negative, not {tile_pad}")
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.model = presets.load_model(self.preset, lora, device=str(self.device)).to(self.dtype)
         self.scale, self.window = self.preset.scale, self.preset.window
-        self._lock = threading.Lock()
+        self.tile, self.tile_pad = tile, tile_pad
+        self._slots: queue.Queue = queue.Queue()
+        for _ in range(num_streams):
+            self._slots.put(torch.cuda.Stream(self.device) if self.device.type == "cuda" else None)
 
     def check_size(self, width: int, height: int) -> None:
         m = self.preset.min_size
         if width < m or height < m:
             raise HypersrError(f"frames of {width}x{height} are smaller than preset {self.preset.name}'s minimum of {m}x{m}; upscale larger video")
 
+    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        t, pad, s = self.tile, self.tile_pad, self.scale
+        if not t or (h <= t and w <= t):
+            return self.model(x)
+        out = torch.empty(x.shape[0], 3, h * s, w * s, device=x.device, dtype=x.dtype)
+        for y0 in range(0, h, t):
+            for x0 in range(0, w, t):
+                y1, x1 = min(y0 + t, h), min(x0 + t, w)
+                py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, h), min(x1 + pad, w)
+                res = self.model(x[..., py0:py1, px0:px1])
+                oy, ox = (y0 - py0) * s, (x0 - px0) * s
+                out[..., y0 * s : y1 * s, x0 * s : x1 * s] = res[..., oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
+        return out
+
     @torch.inference_mode()
     def __call__(self, window: list[np.ndarray]) -> np.ndarray:
         """window: 2k+1 arrays [3, H, W] float32 RGB -> the centre frame upscaled, [3, sH, sW] float32."""
-        x = torch.from_numpy(np.stack(window))[None].to(self.device, self.dtype)
-        with self._lock:
-            y = self.model(x)[0]
-        return y.clamp_(0, 1).float().cpu().numpy()
+        stream = self._slots.get()
+        try:
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                x = torch.from_numpy(np.stack(window))[None].to(self.device, self.dtype)
+                y = self._tiled(x)[0].clamp_(0, 1).float().cpu().numpy()
+        finally:
+            self._slots.put(stream)
+        return y

@@ -216,3 +216,10 @@ def test_streams_frames_before_the_input_ends(tmp_path):
         t.join(10)
     assert proc.returncode == 0
     assert len(read_all(bytes(got))[1]) == 6
+
+
+def test_x4_preset(small_y4m, tmp_path):
+    proc = run_hypersr("upscale", small_y4m, "-o", tmp_path / "o.y4m", "--preset", "fast-x4", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    h, frames = read_all((tmp_path / "o.y4m").read_bytes())
+    assert (h.width, h.height, len(frames)) == (256, 192, 3)

@@ -65,3 +65,85 @@ def test_too_small_frames():
     tiny = core.std.BlankClip(format=vs.RGBS, width=8, height=8, length=2)
     with pytest.raises(vs.Error, match="minimum"):
         upscale(tiny)
+
+
+def test_tiled_output_equals_untiled(frames):
+    big = np.random.default_rng(1).random((3, 3, 40, 52), dtype=np.float32)
+    whole = clip_to_array(upscale(clip_from_array(big), device="cpu"))
+    tiled = clip_to_array(upscale(clip_from_array(big), device="cpu", tile=16, tile_pad=16))
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    seams = clip_to_array(upscale(clip_from_array(big), device="cpu", tile=16, tile_pad=0))
+    assert np.abs(seams - whole).max() > 1e-3  # without overlap the seams show: the check can fail
+
+
+def test_any_order_any_threads_same_output(frames):
+    seq = clip_to_array(upscale(clip_from_array(frames), device="cpu"))
+    old_threads = core.num_threads
+    try:
+        core.num_threads = 4
+        out = upscale(clip_from_array(frames), device="cpu", num_streams=3)
+        order = [4, 0, 3, 1, 2, 2, 0]
+        for n in order:  # out of order, repeated, and concurrently below
+            np.testing.assert_allclose(np.stack([np.asarray(out.get_frame(n)[p]) for p in range(3)]), seq[n], atol=0)
+        futures = [out.get_frame_async(n) for n in reversed(range(5))]
+        for n, fut in zip(reversed(range(5)), futures):
+            f = fut.result()
+            np.testing.assert_allclose(np.stack([np.asarray(f[p]) for p in range(3)]), seq[n], atol=0)
+    finally:
+        core.num_threads = old_threads
+
+
+def test_source_frames_are_not_fetched_again_and_again(frames):
+    fetched = []
+
+    def count(n, f):
+        fetched.append(n)
+        return f
+
+    src = clip_from_array(frames)
+    counted = core.std.ModifyFrame(src, src, count)
+    clip_to_array(upscale(counted, device="cpu"))
+    assert sorted(set(fetched)) == list(range(5))
+    assert len(fetched) <= 2 * len(frames)  # three windows share each frame through VapourSynth's cache
+
+
+def test_trt_without_tensorrt_says_how_to_install():
+    clip = core.std.BlankClip(format=vs.RGBS, width=32, height=32, length=2)
+    with pytest.raises(vs.Error, match=r"hypersr\[trt\]|not part of this release"):
+        upscale(clip, trt=True)
+
+
+def test_vspipe_with_any_request_count_gives_the_same_video(tmp_path):
+    """A real .vpy under the real vspipe: bestsource -> RGBS -> upscale -> YUV; stdout carries only video."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from helpers import SAMPLE
+
+    script = tmp_path / "up.vpy"
+    script.write_text(
+        "import vapoursynth as vs\n"
+        "from hypersr import vsplugin as hsr\n"
+        "core = vs.core\n"
+        f"src = core.bs.VideoSource({str(SAMPLE)!r})[:6]\n"
+        "src = core.resize.Bicubic(src, 160, 90)\n"
+        'rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")\n'
+        'out = hsr.upscale(rgb, device="cpu")\n'
+        'core.resize.Bicubic(out, format=vs.YUV420P8, matrix_s="709").set_output()\n'
+    )
+    vspipe = str(Path(sys.executable).parent / "vspipe")
+    outs = []
+    for requests in ("1", "8"):
+        proc = subprocess.run([vspipe, "-c", "y4m", "-r", requests, str(script), "-"], capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode()
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+    from hypersr.ffmpeg_filter.y4m import Y4MReader
+    import io
+
+    reader = Y4MReader(io.BytesIO(outs[0]))
+    frames = 0
+    while reader.read() is not None:
+        frames += 1
+    assert (reader.header.width, reader.header.height, frames, reader.truncated) == (320, 180, 6, None)

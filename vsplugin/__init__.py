@@ -51,12 +51,21 @@ def upscale(
     clip: vs.VideoNode,
     lora=None,
     preset: str | None = None,
+    device_index: int | None = None,
+    num_streams: int = 1,
+    trt: bool = False,
+    trt_cache_dir: str | None = None,
+    tile: int | None = None,
+    tile_pad: int = 16,
     device: str | None = None,
 ) -> vs.VideoNode:
     """Upscale an RGBS / RGBH clip by the preset's scale; frame n sees frames n-k..n+k.
 
-    lora: a LoRA file path (from `hypersr analyse`) or a loaded LoRA. device: "cpu", "cuda" or None (GPU
-    when there is one). Frame properties of each source frame are kept.
+    lora: a LoRA file path (from `hypersr analyse`) or a loaded LoRA. device_index: the CUDA GPU to use;
+    by default the first GPU when there is one, else the CPU (device="cpu" forces the CPU). num_streams:
+    frames in flight at once. tile / tile_pad: process frames in tiles of tile x tile LR pixels that
+    overlap by tile_pad (for frames that do not fit in GPU memory); the output is the same. Frame
+    properties of each source frame are kept.
     """
     import numpy as np
 
@@ -71,8 +80,16 @@ def upscale(
             f"hypersr.upscale: clip is {clip.format.name}, expected RGBS or RGBH; convert first, e.g. "
             'core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")'
         )
+    if trt:
+        try:
+            import torch_tensorrt  # noqa: F401
+        except ImportError:
+            raise vs.Error("hypersr.upscale: trt=True needs Torch-TensorRT: pip install 'hypersr[trt]' (or use trt=False)") from None
+        raise vs.Error("hypersr.upscale: the TensorRT backend is not part of this release yet; use trt=False")
+    if device_index is not None:
+        device = f"cuda:{device_index}"
     try:
-        engine = Upscaler(preset, lora, device)
+        engine = Upscaler(preset, lora, device, num_streams, tile, tile_pad)
         engine.check_size(clip.width, clip.height)
     except HypersrError as e:
         raise vs.Error(f"hypersr.upscale: {e}") from None
