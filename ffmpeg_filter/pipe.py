@@ -10,7 +10,6 @@ window and VapourSynth's prefetch, never by the clip.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 from dataclasses import dataclass

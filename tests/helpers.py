@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -34,3 +33,25 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
     return lines[0]
+
+
+def random_lora(model, rank=4, seed=0) -> dict:
+    """Random LoRA factors (A, B) for every adapted layer of a model."""
+    import torch
+
+    from hypersr.engine.lora import lora_layers
+
+    g = torch.Generator().manual_seed(seed)
+    return {
+        name: (torch.randn(rank, layer.fan_in, generator=g) * 0.1, torch.randn(layer.out_channels, rank, generator=g) * 0.1)
+        for name, layer in lora_layers(model).items()
+    }
+
+
+def preset_lora(p, **overrides):
+    """A LoRA made for preset p (a presets.Preset); overrides change its metadata."""
+    from hypersr.engine.lora import LoRA
+
+    fields = dict(preset=p.name, base_sha256=p.sha256, scale=p.scale, rank=4, factors=random_lora(p.build()), strength=0.5)
+    fields.update(overrides)
+    return LoRA(**fields)

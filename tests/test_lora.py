@@ -10,23 +10,10 @@ from safetensors.torch import save_file
 
 from hypersr.engine import presets
 from hypersr.engine.errors import HypersrError
-from hypersr.engine.lora import LoRA, LoRAConv2d, lora_layers, load_lora, merge_all, save_lora, unmerge_all
+from hypersr.engine.lora import LoRAConv2d, load_lora, merge_all, save_lora, unmerge_all
 from hypersr.engine.models import build_model
 
-
-def random_lora(model, rank=4, seed=0, strength=0.5) -> dict:
-    g = torch.Generator().manual_seed(seed)
-    return {
-        name: (torch.randn(rank, layer.fan_in, generator=g) * 0.1, torch.randn(layer.out_channels, rank, generator=g) * 0.1)
-        for name, layer in lora_layers(model).items()
-    }
-
-
-def preset_lora(p: presets.Preset, **overrides) -> LoRA:
-    model = p.build()
-    fields = dict(preset=p.name, base_sha256=p.sha256, scale=p.scale, rank=4, factors=random_lora(model), strength=0.5)
-    fields.update(overrides)
-    return LoRA(**fields)
+from helpers import preset_lora, random_lora
 
 
 def test_merge_is_exact_to_fp32_rounding():

@@ -147,3 +147,22 @@ def test_vspipe_with_any_request_count_gives_the_same_video(tmp_path):
     while reader.read() is not None:
         frames += 1
     assert (reader.header.width, reader.header.height, frames, reader.truncated) == (320, 180, 6, None)
+
+
+def test_bad_inputs_raise_vapoursynth_errors(tmp_path):
+    a = core.std.BlankClip(format=vs.RGBS, width=32, height=32, length=2)
+    b = core.std.BlankClip(format=vs.RGBS, width=48, height=32, length=2)
+    with pytest.raises(vs.Error, match="variable"):
+        upscale(core.std.Splice([a, b], mismatch=True))
+    with pytest.raises(vs.Error, match="RGBS or RGBH"):
+        upscale(core.std.BlankClip(format=vs.RGB24, width=32, height=32, length=2))
+    from hypersr.engine.lora import save_lora
+    from helpers import preset_lora
+
+    save_lora(preset_lora(presets.get("fast-x2"), preset="fast-x4", scale=4), tmp_path / "x4.lora")
+    with pytest.raises(vs.Error, match="fast-x4"):
+        upscale(a, lora=str(tmp_path / "x4.lora"))
+    save_lora(preset_lora(presets.get("fast-x2")), tmp_path / "bad.lora")
+    (tmp_path / "bad.lora").write_bytes(b"nonsense")
+    with pytest.raises(vs.Error, match="bad.lora"):
+        upscale(a, lora=str(tmp_path / "bad.lora"))
