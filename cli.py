@@ -112,6 +112,16 @@ def cmd_bench_quality(args) -> None:
             print(f"updated {p.card_path}", file=sys.stderr)
 
 
+def cmd_export(args) -> None:
+    from .ffmpeg_filter import export
+
+    if args.format == "onnx":
+        export.export_onnx(args.output, args.preset, args.lora)
+    else:
+        export.export_torchscript(args.output, args.preset, args.lora, single=args.single)
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
@@ -131,6 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)
+
+    ex = sub.add_parser("export", help="write the network (LoRA merged) for FFmpeg's dnn_processing or vs-mlrt")
+    ex.add_argument("format", choices=["torchscript", "onnx"])
+    ex.add_argument("-o", "--output", required=True)
+    ex.add_argument("--preset", default=None, help="default: fast-x2")
+    ex.add_argument("--lora", help="LoRA file to merge in")
+    ex.add_argument("--single", action="store_true", help="torchscript: each frame alone instead of the causal window")
+    ex.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="measure").add_subparsers(dest="what", required=True)
     bq = bench.add_parser("quality", help="Y-PSNR / SSIM on the validation clips against bicubic and Lanczos")

@@ -18,8 +18,10 @@ core = vs.core
 PAST_END = "HypersrPastEnd"  # set by streaming sources on requests beyond the last frame
 
 
-def _window_clips(clip: vs.VideoNode, k: int) -> list[vs.VideoNode]:
-    """Clips shifted by -k..k frames, clip ends repeating: frame n of clip j is frame n+j-k."""
+def window_clips(clip: vs.VideoNode, k: int = 1) -> list[vs.VideoNode]:
+    """Clips shifted by -k..k frames, clip ends repeating: frame n of clip j is frame n+j-k.
+
+    Also the input for an exported ONNX model in vs-mlrt: core.ort.Model(window_clips(rgb), "model.onnx")."""
     n = clip.num_frames
     shifted = []
     for off in range(-k, k + 1):
@@ -96,7 +98,7 @@ def upscale(
 
     k, s = engine.window // 2, engine.scale
     out_blank = core.std.BlankClip(clip, width=clip.width * s, height=clip.height * s, keep=True)
-    sources = _window_clips(clip, k)
+    sources = window_clips(clip, k)
 
     def infer(n: int, f: list[vs.VideoFrame]) -> vs.VideoFrame:
         *window, blank = f
