@@ -190,6 +190,10 @@ class Y4MReader:
         line = _read_line(self.stream, "FRAME")
         if not line:
             return None
+        if line.startswith(MAGIC):
+            self.truncated = (f"{self.name} starts a new y4m header after frame {self.frames_read} (a format change "
+                              f"mid-stream); hypersr processed the {self.frames_read} frames before it: split the stream there")
+            return None
         if not line.startswith(FRAME) or not line.endswith(b"\n"):
             self.truncated = f"{self.name}: frame {self.frames_read} has a damaged 'FRAME' marker"
             return None

@@ -223,3 +223,11 @@ def test_x4_preset(small_y4m, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     h, frames = read_all((tmp_path / "o.y4m").read_bytes())
     assert (h.width, h.height, len(frames)) == (256, 192, 3)
+
+
+def test_header_change_mid_stream(tmp_path):
+    a = ffmpeg_y4m(tmp_path / "a.y4m", size="64x48", frames=2).read_bytes()
+    b = ffmpeg_y4m(tmp_path / "b.y4m", size="80x48", frames=2).read_bytes()
+    proc = run_hypersr("upscale", "-", "-o", "-", "-q", input_bytes=a + b)
+    assert_clean_error(proc, "new y4m header after frame 2")
+    assert len(read_all(proc.stdout)[1]) == 2
