@@ -93,7 +93,7 @@ def cmd_bench_quality(args) -> None:
     if len(scales) != 1:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
-    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out)
+    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out, args.export_variants)
     print(table(results))
     print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
@@ -104,7 +104,8 @@ def cmd_bench_quality(args) -> None:
             card["complexity"] = presets.complexity(p)
             card["validation"] = {
                 "degradation": "bi",
-                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in ("bicubic", "lanczos", n)} for c, r in results.items()},
+                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in ("bicubic", "lanczos") or m.startswith(n)}
+                          for c, r in results.items()},
                 "command": "hypersr " + shlex.join(sys.argv[1:]),
                 "torch": __import__("torch").__version__,
             }
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--device", default=None)
     bq.add_argument("--out", type=Path, default=Path("bench-out"), help="where the plot and crops go (default %(default)s)")
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
+    bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.set_defaults(func=cmd_bench_quality)
 
     demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back, write the result and a comparison PNG")

@@ -28,26 +28,42 @@ def baselines():
     }
 
 
-def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None) -> dict[str, np.ndarray]:
+def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
+    """What FFmpeg's dnn_processing gets from `hypersr export torchscript`: the causal window and --single."""
+    from ..engine.presets import load_model
+    from ..ffmpeg_filter.export import CausalWindow
+
+    outs = {}
+    for label, single in (("causal", False), ("single", True)):
+        module = CausalWindow(load_model(preset), single).eval()
+        with torch.inference_mode():
+            outs[f"{preset} {label}"] = np.stack([module(torch.from_numpy(f)[None])[0].numpy() for f in lr])
+    return outs
+
+
+def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False) -> dict[str, np.ndarray]:
     """Upscale LR frames [T, 3, h, w] by every baseline and preset; values quantised to 8 bits."""
     from ..vsplugin import upscale
     from ..vsplugin.io import clip_from_array, clip_to_array
 
     clip = clip_from_array(lr)
-    outs = {name: fn(clip, scale) for name, fn in baselines().items()}
+    outs = {name: clip_to_array(fn(clip, scale)) for name, fn in baselines().items()}
     for p in presets:
-        outs[p] = upscale(clip, preset=p, device=device)
-    return {name: np.round(np.clip(clip_to_array(c), 0, 1) * 255) / 255 for name, c in outs.items()}
+        outs[p] = clip_to_array(upscale(clip, preset=p, device=device))
+        if variants:
+            outs.update(export_variants(lr, p))
+    return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}
 
 
-def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None) -> dict:
+def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None,
+             variants: bool = False) -> dict:
     """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips. With out_dir, also
     writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
     results: dict = {}
     for name, hr in clips.items():
         lr = data.degrade_bi(hr, scale).numpy()
         results[name] = {}
-        outputs = upscale_methods(lr, scale, presets, device)
+        outputs = upscale_methods(lr, scale, presets, device, variants)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)
