@@ -1,4 +1,4 @@
-"""The `hypersr` command: upscale, train, bench, demo. Errors print one line and exit non-zero."""
+"""The `hypersr` command: upscale, export, demo, data, train, bench. Errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
