@@ -44,7 +44,8 @@ def cmd_train_base(args) -> None:
         record = {
             "hyperparameters": hp,
             "data": "training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) "
-            "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus carphone_pristine; validation: bigbuckbunny (halved), bikes",
+            "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
+            "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes",
             "pack_sha256": sha256_file(pack),
             "wall_time_s": round(time.time() - t0),
             "hardware": hardware,

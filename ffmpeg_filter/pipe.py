@@ -45,8 +45,8 @@ class _StreamFrames:
     Frames already read are served without waiting on the reader, so a thread blocked on the next
     input frame never holds up output that is ready."""
 
-    def __init__(self, reader: Y4MReader):
-        self.reader = reader
+    def __init__(self, reader: Y4MReader, seekable: bool = False):
+        self.reader, self.seekable = reader, seekable  # seekable: frames left behind are read again
         self.read_lock = threading.Lock()
         first = reader.read()
         if first is None:
@@ -68,7 +68,9 @@ class _StreamFrames:
                 if n in self.frames or self.end is not None:
                     continue
                 if n < self.next:
-                    raise RuntimeError(f"frame {n} was requested after it left the look-back buffer")
+                    if self.seekable:
+                        return self.reader.read_at(n), False
+                    raise RuntimeError(f"frame {n} was requested after it left the look-back buffer of a pipe")
                 planes = self.reader.read()
                 if planes is None:
                     self.end = self.next
@@ -100,7 +102,7 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
     if size is not None:
         payload, per_frame = size - reader.header_size, len(b"FRAME\n") + h.frame_bytes()
         total = payload // per_frame if payload % per_frame == 0 and payload > 0 else None
-    frames = _StreamFrames(reader)
+    frames = _StreamFrames(reader, seekable=total is not None)
     fmt = _vs_format(h)
     blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
     matrix = matrix or default_matrix(h.width, h.height)

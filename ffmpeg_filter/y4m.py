@@ -206,12 +206,27 @@ class Y4MReader:
             )
             return None
         self.frames_read += 1
+        return self._planes(data)
+
+    def _planes(self, data: bytes) -> list[np.ndarray]:
         planes, offset = [], 0
         for h, w in self.header.plane_shapes():
-            n = h * w * self.header.dtype.itemsize
             planes.append(np.frombuffer(data, self.header.dtype, h * w, offset).reshape(h, w))
-            offset += n
+            offset += h * w * self.header.dtype.itemsize
         return planes
+
+    def read_at(self, n: int) -> list[np.ndarray]:
+        """Frame n of a seekable file whose frames all have plain FRAME headers; the read position stays."""
+        per_frame = len(FRAME) + 1 + self.header.frame_bytes()
+        here = self.stream.tell()
+        try:
+            self.stream.seek(self.header_size + n * per_frame + len(FRAME) + 1)
+            data = _read_exactly(self.stream, self.header.frame_bytes())
+        finally:
+            self.stream.seek(here)
+        if len(data) < self.header.frame_bytes():
+            raise Y4MError(f"{self.name}: frame {n} is incomplete")
+        return self._planes(data)
 
 
 def _read_exactly(stream, size: int) -> bytes:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from helpers import SAMPLE
 from hypersr.demo import run_demo
 
-# Measured with `make demo` (see README): fast-x2 beats bicubic by MEASURED_GAIN dB on this clip.
+# Measured with `make demo` (README): bicubic 33.45 dB, Lanczos 34.01 dB, fast-x2 35.67 dB on this clip.
 # The floor leaves a margin for other CPUs / library versions; it fails if the weights regress.
+MEASURED_GAIN = 2.22
 MARGIN_DB = 0.3
 
 

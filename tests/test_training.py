@@ -48,10 +48,11 @@ def tiny_pack(path):
 
 def test_short_training_run_learns(tmp_path):
     pack = tiny_pack(tmp_path / "pack.npz")
-    arch = {"type": "fast", "scale": 2, "window": 3, "channels": 8, "blocks": 1}
-    weights = train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=120, batch=8, patch=32, lr=3e-3, val_every=60)
+    arch = {"type": "fast", "scale": 2, "window": 3, "channels": 16, "blocks": 1}
+    # (lr 1e-3, batch 16: learns from every seed tried; lr 5e-3 with batch 8 stalled for one of five)
+    weights = train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=200, batch=16, patch=32, lr=1e-3, val_every=100)
     log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [e["step"] for e in log] == [0, 60, 120]
+    assert [e["step"] for e in log] == [0, 100, 200]
     assert log[2]["loss"] < log[1]["loss"]
-    assert log[2]["val_y_psnr"]["waves"] > log[0]["val_y_psnr"]["waves"] + 0.5  # beats where it started (bicubic)
+    assert log[2]["val_y_psnr"]["waves"] > log[0]["val_y_psnr"]["waves"] + 3  # well above where it started (bicubic)
     assert weights.exists() and (tmp_path / "run" / "checkpoint.pt").exists()

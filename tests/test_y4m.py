@@ -144,3 +144,15 @@ def test_matrix_defaults_follow_frame_size(tmp_path, size, matrix):
     other = {"bt601": 1, "bt709": 6}[matrix]  # the wrong matrix is clearly told apart
     wrong = clip_to_array(to_rgb(source.clip, "RGBS", other)[:1])[0]
     assert np.abs(wrong - theirs).mean() > 4 / 255
+
+
+def test_y4m_file_clip_allows_random_access(streams, tmp_path):
+    """A y4m *file* opened as a clip can be read again from the start (a pipe cannot)."""
+    path = tmp_path / "in.y4m"
+    data = ffmpeg_y4m(path, "yuv420p", size="32x16", frames=40).read_bytes()
+    source = open_input(str(path))
+    first = [np.asarray(f[0]).copy() for f in source.clip.frames(close=True)]
+    again = [np.asarray(source.clip.get_frame(n)[0]).copy() for n in (0, 3, 39, 1)]
+    for n, plane in zip((0, 3, 39, 1), again):
+        np.testing.assert_array_equal(plane, first[n])
+    assert len(first) == 40 and data
