@@ -199,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("upscale", "demo", "bench"):
+        from .engine.runtime import keep_large_buffers
+
+        keep_large_buffers()
     try:
         args.func(args)
     except HypersrError as e:
