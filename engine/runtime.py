@@ -96,12 +96,13 @@ class Upscaler:
         return out
 
     @torch.inference_mode()
-    def __call__(self, window: list[np.ndarray]) -> np.ndarray:
-        """window: 2k+1 arrays [3, H, W] float32 RGB -> the centre frame upscaled, [3, sH, sW] float32."""
+    def __call__(self, window: np.ndarray | list[np.ndarray]) -> np.ndarray:
+        """window: [2k+1, 3, H, W] float32 RGB (or a list of [3, H, W]) -> the centre frame upscaled,
+        [3, sH, sW] float32."""
         stream = self._slots.get()
         try:
             with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                x = torch.from_numpy(np.stack(window))[None].to(self.device, self.dtype)
+                x = torch.from_numpy(np.asarray(window) if isinstance(window, np.ndarray) else np.stack(window))[None].to(self.device, self.dtype)
                 y = self._tiled(x)[0].clamp_(0, 1).float().cpu().numpy()
         finally:
             self._slots.put(stream)

@@ -108,8 +108,11 @@ def upscale(
         if centre.props.get(PAST_END, 0):
             return fout  # nobody will use it; do not spend the model on it
         win = _window_frames(window, k)
-        arrays = [np.stack([np.asarray(fr[p], dtype=np.float32) for p in range(3)]) for fr in win]
-        result = engine(arrays)
+        frames = np.empty((len(win), 3, clip.height, clip.width), np.float32)  # one copy of the window
+        for t, fr in enumerate(win):
+            for p in range(3):
+                np.copyto(frames[t, p], np.asarray(fr[p]), casting="unsafe")  # RGBH: half -> float
+        result = engine(frames)
         for p in range(3):
             np.copyto(np.asarray(fout[p]), result[p], casting="unsafe")
         return fout
