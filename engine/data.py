@@ -290,3 +290,42 @@ def load_pack(path: Path) -> Pack:
         if meta.get("version") != PACK_VERSION:
             raise HypersrError(f"{path} is a version {meta.get('version')} pack; rebuild it with `hypersr data pack`")
         return Pack(z["scenes"], [z[f"clip:{c}"] for c in meta["clips"]], {c: to_float(z[f"val:{c}"]) for c in meta["validation"]}, meta)
+
+
+@dataclass
+class ClipSampler:
+    """Short HR training clips [T, 3, S, S] for meta-training the hypernet, with their cuts: single shots
+    (the WindowSampler's camera over a scene, or a real training clip) and multi-shot clips of one scene
+    (a close-up and a distant shot, engine.clips.multi_shot_clip), where one shot can teach another."""
+
+    scenes: np.ndarray
+    clips: list[np.ndarray]
+    frames: int
+    size: int
+    multi_shot_fraction: float = 0.5
+
+    def __post_init__(self):
+        self.single = WindowSampler(self.scenes, self.clips, self.frames, self.size)
+
+    def sample(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[int]]:
+        from .clips import multi_shot_clip
+
+        if rng.random() >= self.multi_shot_fraction:
+            return self.single.sample(1, rng)[0], []
+        scene = to_float(self.scenes[rng.integers(len(self.scenes))])
+        clip = multi_shot_clip(scene, rng, frames=self.frames, size=self.size, shots=2, distant=(0.4, 0.7))
+        frames = clip.frames.flip(-1) if rng.random() < 0.5 else clip.frames
+        return frames, clip.cuts
+
+
+def shot_windows(centres: list[int], cuts: list[int], frames: int, window: int) -> torch.Tensor:
+    """Frame indices [len(centres), window] of windows that repeat the nearest frame instead of reaching
+    across a cut or the clip's ends (what vsplugin.upscale does with _SceneChange properties)."""
+    k = window // 2
+    bounds = [0, *cuts, frames]
+    rows = []
+    for c in centres:
+        lo = max(b for b in bounds[:-1] if b <= c)
+        hi = min(b for b in bounds[1:] if b > c) - 1
+        rows.append([min(max(c + d, lo), hi) for d in range(-k, k + 1)])
+    return torch.tensor(rows)

@@ -71,16 +71,8 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     """The preset's network with verified weights, the LoRA applied and merged, in eval mode."""
     if not isinstance(preset, Preset):
         preset = get(preset)
-    if not preset.weights_path.is_file():
-        raise HypersrError(f"preset {preset.name}: weights {preset.weights_path} are missing; reinstall hypersr")
-    digest = sha256_file(preset.weights_path)
-    if digest != preset.sha256:
-        raise HypersrError(
-            f"preset {preset.name}: weights {preset.weights_path.name} have SHA-256 {digest[:12]}…, the card says "
-            f"{preset.sha256[:12]}…; reinstall hypersr or retrain the preset"
-        )
     model = preset.build()
-    model.load_state_dict(load_file(str(preset.weights_path)))
+    model.load_state_dict(_verified_weights(preset, preset.weights_path, preset.sha256))
     if lora is not None:
         if not isinstance(lora, LoRA):
             lora = load_lora(lora)
@@ -92,6 +84,40 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def _verified_weights(preset: Preset, path: Path, sha256: str) -> dict:
+    if not path.is_file():
+        raise HypersrError(f"preset {preset.name}: weights {path} are missing; reinstall hypersr")
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise HypersrError(
+            f"preset {preset.name}: weights {path.name} have SHA-256 {digest[:12]}…, the card says "
+            f"{sha256[:12]}…; reinstall hypersr or retrain the preset"
+        )
+    return load_file(str(path))
+
+
+def hypernet_path(preset: Preset) -> Path:
+    return presets_dir() / f"{preset.name}.hypernet.safetensors"
+
+
+def load_hypernet(preset: Preset, base: torch.nn.Module, device: str = "cpu"):
+    """The preset's trained hypernet (frozen, eval) and its weights' SHA-256."""
+    from .hypernet import build_hypernet
+
+    card = preset.card.get("hypernet") or {}
+    if "weights" not in card:
+        raise HypersrError(
+            f"preset {preset.name} has no trained hypernet, so it cannot analyse clips; "
+            f"train one with `hypersr train hypernet --preset {preset.name} --install` or use another preset"
+        )
+    net = build_hypernet(base, card["architecture"])
+    net.load_state_dict(_verified_weights(preset, presets_dir() / card["weights"]["file"], card["weights"]["sha256"]))
+    net.to(device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net, card["weights"]["sha256"]
 
 
 def complexity(preset: Preset) -> dict:

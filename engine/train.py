@@ -52,6 +52,31 @@ def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade=
     return scores
 
 
+def cosine_schedule(opt, steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+
+
+def save_checkpoint(ckpt: Path, model, opt, sched, rng, step: int) -> None:
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+    tmp.replace(ckpt)
+
+
+def resume(ckpt: Path, model, opt, sched, rng, device) -> int:
+    """Load a checkpoint if there is one; returns the step to start at."""
+    if not ckpt.exists():
+        return 0
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    rng.bit_generator.state = state["rng"]
+    torch.set_rng_state(state["torch_rng"])
+    print(f"resuming {ckpt} at step {state['step']}", flush=True)
+    return state["step"]
+
+
 def train_base(
     arch: dict,
     name: str,
@@ -83,18 +108,9 @@ def train_base(
 
     model = build_model(arch).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
-    start = 0
+    sched = cosine_schedule(opt, steps)
     ckpt = out / "checkpoint.pt"
-    if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
-        start = state["step"]
-        print(f"resuming {ckpt} at step {start}", flush=True)
+    start = resume(ckpt, model, opt, sched, rng, device)
 
     log = open(out / "log.jsonl", "a")
     if start == 0:  # where the untrained network (bicubic) starts, for comparison
@@ -118,9 +134,116 @@ def train_base(
             log.write(json.dumps(entry) + "\n")
             log.flush()
             bar.set_postfix(loss=f"{entry['loss']:.4f}", psnr=" ".join(f"{v:.2f}" for v in scores.values()))
-            tmp = ckpt.with_suffix(".tmp")
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(), "step": step + 1}, tmp)
-            tmp.replace(ckpt)
+            save_checkpoint(ckpt, model, opt, sched, rng, step + 1)
     weights = out / f"{name}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
+    return weights
+
+
+# --- meta-training the hypernet ------------------------------------------------------------------
+
+def clip_loss(hypernet, base, hr: torch.Tensor, cuts: list[int], scale: int, degrade, centres: list[int]) -> torch.Tensor:
+    """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier."""
+    from .lora import lora_layers
+
+    lr = degrade(hr, scale)
+    factors = hypernet.factors(hypernet.summarise(lr, base))
+    layers = lora_layers(base)
+    for name, layer in layers.items():
+        layer.set_lora(*factors[name])
+    try:
+        idx = data.shot_windows(centres, cuts, len(hr), base.window)
+        return charbonnier(base(lr[idx]), hr[centres])
+    finally:
+        for layer in layers.values():
+            layer.set_lora(None, None)
+
+
+def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int, device, degrade) -> dict[str, dict[str, float]]:
+    """Y-PSNR of base alone and base + the hypernet's LoRA for each (subsampled) validation clip."""
+    from .lora import lora_layers
+
+    hypernet.eval()
+    scores = {}
+    layers = lora_layers(base)
+    with torch.inference_mode():
+        for name, hr in clips.items():
+            lr = degrade(hr, scale).to(device)
+            factors = hypernet.factors(hypernet.summarise(lr, base))
+            row = {}
+            for label in ("base", "hypernet"):
+                for lname, layer in layers.items():
+                    layer.set_lora(*factors[lname]) if label == "hypernet" else layer.set_lora(None, None)
+                sr = data.quantise(upscale_clip(base, lr)).cpu()
+                row[label] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
+            for layer in layers.values():
+                layer.set_lora(None, None)
+            scores[name] = row
+    hypernet.train()
+    return scores
+
+
+def train_hypernet(
+    preset,
+    arch: dict,
+    out: Path,
+    pack: Path,
+    degradation: str = "bi",
+    steps: int = 3000,
+    clips: int = 4,
+    frames: int = 6,
+    size: int = 128,
+    targets: int = 2,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    device: str = "cpu",
+    val_every: int = 250,
+) -> Path:
+    """Meta-train a preset's hypernet with its base model frozen. Each step: `clips` clips of `frames`
+    frames of size x size HR; the hypernet reads each whole LR clip; the loss is on `targets` windows."""
+    from . import presets
+    from .hypernet import build_hypernet
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    scale = preset.scale
+    packed = data.load_pack(pack)
+    sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size)
+    degrade = data.DEGRADATIONS[degradation]
+    base = presets.load_model(preset, device=device)
+    hypernet = build_hypernet(base, arch).to(device)
+    opt = torch.optim.AdamW(hypernet.parameters(), lr=lr, weight_decay=weight_decay)
+    sched = cosine_schedule(opt, steps)
+    ckpt = out / "checkpoint.pt"
+    start = resume(ckpt, hypernet, opt, sched, rng, device)
+    log = open(out / "log.jsonl", "a")
+    if start == 0:
+        log.write(json.dumps({"step": 0, "val_y_psnr": validate_hypernet(hypernet, base, packed.validation, scale, device, degrade)}) + "\n")
+    t0, running = time.time(), []
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {preset.name} hypernet")
+    for step in bar:
+        loss = 0.0
+        for _ in range(clips):
+            hr, cuts = sampler.sample(rng)
+            centres = sorted(rng.choice(frames, targets, replace=False).tolist())
+            loss = loss + clip_loss(hypernet, base, hr.to(device), cuts, scale, degrade, centres) / clips
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            scores = validate_hypernet(hypernet, base, packed.validation, scale, device, degrade)
+            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
+                     "elapsed_s": round(time.time() - t0, 1)}
+            running = []
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", gain=" ".join(f"{v['hypernet'] - v['base']:+.3f}" for v in scores.values()))
+            save_checkpoint(ckpt, hypernet, opt, sched, rng, step + 1)
+    weights = out / f"{preset.name}.hypernet.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
     return weights

@@ -1,0 +1,178 @@
+"""Pass one: read a whole LR clip once and make its LoRA (hypernet prediction, optionally refined).
+
+    analyser = Analyser("fast-x2", refine=10)
+    for frame in frames:           # [3, H, W] float32 RGB, in order; O(1) memory in clip length
+        analyser.update(frame)
+    lora = analyser.lora()         # a LoRA carrying the clip's fingerprint and how it was made
+
+Integrations (the `hypersr analyse` command, vsplugin.analyse) only feed frames in. `--refine N` is N
+steps of self-supervised test-time training of the predicted LoRA: pairs made from the clip itself, its
+LR frames downscaled again -> the LR frames, on a fixed-size random sample of the clip's windows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import torch
+
+from . import presets
+from .errors import HypersrError
+from .hypernet import ClipSummary, downscale
+from .lora import LoRA, lora_layers
+from .runtime import resolve_device
+
+REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
+REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop
+REFINE_BATCH = 8
+REFINE_LR = 2e-3
+
+
+def fingerprint_indices(n: int) -> list[int]:
+    """The frames a fingerprint reads: 0, 1, 2, 4, 8, ... and the last (few, and knowable while streaming)."""
+    idx = {0, n - 1}
+    p = 1
+    while p < n:
+        idx.add(p)
+        p *= 2
+    return sorted(i for i in idx if i >= 0)
+
+
+def frame_digest(frame: np.ndarray) -> str:
+    q = np.round(np.clip(frame, 0, 1) * 65535).astype("<u2")
+    return hashlib.sha256(q.tobytes()).hexdigest()
+
+
+def clip_fingerprint(n: int, width: int, height: int, digests: dict[int, str]) -> str:
+    """A clip's identity for caches: its size, length and the content of the fingerprint frames."""
+    h = hashlib.sha256(json.dumps([n, width, height]).encode())
+    for i in fingerprint_indices(n):
+        h.update(f"{i}:{digests[i]}".encode())
+    return h.hexdigest()
+
+
+class Analyser:
+    def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0):
+        if refine < 0:
+            raise HypersrError(f"--refine must be 0 or more steps, not {refine}")
+        self.preset = presets.get(preset)
+        self.device = resolve_device(device)
+        self.base = presets.load_model(self.preset, device=str(self.device))
+        self.hypernet, self.hypernet_sha256 = presets.load_hypernet(self.preset, self.base, device=str(self.device))
+        self.refine = refine
+        self.summary = self.hypernet.empty_summary(self.device)
+        self.n = 0
+        self.size: tuple[int, int] | None = None
+        self._digests: dict[int, str] = {}
+        self._rng = np.random.default_rng(seed)
+        self._recent: list[np.ndarray] = []  # the last 2k+1 frames, for refine windows
+        self._windows: list[np.ndarray] = []  # reservoir sample of window crops for refine
+        self._seen_windows = 0
+
+    @torch.inference_mode()
+    def update(self, frame: np.ndarray) -> None:
+        """Take the next frame, [3, H, W] float32 RGB."""
+        h, w = frame.shape[-2:]
+        if self.size is None:
+            self.preset_min_check(w, h)
+            self.size = (w, h)
+        elif self.size != (w, h):
+            raise HypersrError(f"frame {self.n} is {w}x{h}, earlier frames {self.size[0]}x{self.size[1]}; analyse one frame size at a time")
+        x = torch.from_numpy(np.ascontiguousarray(frame, np.float32))[None].to(self.device)
+        self.summary = self.summary.merge(self.hypernet.summarise(x, self.base))
+        self._last_digest = frame_digest(frame)
+        if self.n & (self.n - 1) == 0:  # 0, 1, 2, 4, 8, ...: fingerprint frames whatever the length
+            self._digests[self.n] = self._last_digest
+        if self.refine:
+            self._keep_window(frame)
+        self.n += 1
+
+    def preset_min_check(self, w: int, h: int) -> None:
+        m = max(self.preset.min_size, 8 * self.preset.scale)
+        if w < m or h < m:
+            raise HypersrError(f"frames of {w}x{h} are smaller than {m}x{m}, the least pass one of preset {self.preset.name} can analyse")
+
+    def _keep_window(self, frame: np.ndarray) -> None:
+        t = self.preset.window
+        self._recent = (self._recent + [frame])[-t:]
+        if len(self._recent) < t:
+            return
+        self._seen_windows += 1
+        slot = len(self._windows) if len(self._windows) < REFINE_WINDOWS else int(self._rng.integers(self._seen_windows))
+        if slot >= REFINE_WINDOWS:
+            return
+        h, w = frame.shape[-2:]
+        c = min(REFINE_CROP, h, w)
+        c -= c % self.preset.scale
+        y, x = int(self._rng.integers(h - c + 1)), int(self._rng.integers(w - c + 1))
+        crop = np.stack([f[:, y : y + c, x : x + c] for f in self._recent]).copy()
+        if slot == len(self._windows):
+            self._windows.append(crop)
+        else:
+            self._windows[slot] = crop
+
+    def fingerprint(self) -> str:
+        return clip_fingerprint(self.n, *self.size, {**self._digests, self.n - 1: self._last_digest})
+
+    def lora(self) -> LoRA:
+        if self.n == 0:
+            raise HypersrError("the input has no frames; nothing to analyse")
+        with torch.inference_mode():
+            factors = {k: (a.clone(), b.clone()) for k, (a, b) in self.hypernet.factors(self.summary).items()}
+        if self.refine:
+            factors = refine_factors(self.base, factors, np.stack(self._windows), self.refine, self.preset.scale, self._rng)
+        return LoRA(
+            preset=self.preset.name, base_sha256=self.preset.sha256, scale=self.preset.scale, rank=self.hypernet.rank,
+            factors={k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()},
+            clip_fingerprint=self.fingerprint(),
+            made_by={"tool": "hypersr analyse", "hypernet_sha256": self.hypernet_sha256, "refine": self.refine, "frames": self.n},
+        )
+
+
+def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator) -> dict:
+    """Self-supervised test-time training of LoRA factors on (window downscaled by `scale` -> centre frame)
+    pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`."""
+    from .train import charbonnier
+
+    device = next(base.parameters()).device
+    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in factors.items()}
+    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=REFINE_LR)
+    layers = lora_layers(base)
+    data = torch.from_numpy(windows).to(device)
+    k = data.shape[1] // 2
+    try:
+        for _ in range(steps):
+            batch = data[torch.from_numpy(rng.choice(len(data), min(REFINE_BATCH, len(data)), replace=False))]
+            if rng.random() < 0.5:
+                batch = batch.flip(-1)
+            small = downscale(batch.flatten(0, 1), scale).unflatten(0, batch.shape[:2])
+            for name, layer in layers.items():
+                layer.set_lora(*params[name])
+            loss = charbonnier(base(small), batch[:, k])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        for layer in layers.values():
+            layer.set_lora(None, None)
+    return params
+
+
+def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, progress=None) -> LoRA:
+    """Pass one over an iterable of [3, H, W] float32 frames. progress: an optional tqdm-like bar."""
+    analyser = Analyser(preset, refine, device)
+    for frame in frames:
+        analyser.update(frame)
+        if progress is not None:
+            progress.update()
+    return analyser.lora()
+
+
+def summary_of(frames, preset: str | None = None, device: str | None = None) -> ClipSummary:
+    """The mergeable ClipSummary of some frames (a segment of a clip)."""
+    analyser = Analyser(preset, 0, device)
+    for frame in frames:
+        analyser.update(frame)
+    return analyser.summary

@@ -1,0 +1,190 @@
+"""The hypernet: the medium-term memory. It reads a whole LR clip once (pass one) and writes a LoRA that
+specialises the frozen base model to that clip, without any HR ground truth for it.
+
+Three parts:
+- ClipEncoder: tokens for each LR frame. Each token describes one patch of the frame on a fixed grid,
+  together with the base model's own error on that patch one scale down (the patch downscaled by the
+  preset's scale, upscaled again by the base model, minus the patch): what the base gets wrong on this
+  very clip is the most direct evidence of what a LoRA should change.
+- ClipSummary: a fixed-size, mergeable summary, accumulated frame by frame. Learned memory queries
+  attend over every token of the clip with running-softmax accumulators (max, sum of weights, weighted
+  sum of values), plus first and second moments of the tokens. Two segments summarised apart and merged
+  equal the whole clip's summary, and memory stays O(1) in clip length.
+- LoRAGenerator: summary -> LoRA factors (A, B) of rank r for every adapted layer of the base model, by
+  one head shared across layers and conditioned on a learned embedding per layer. Its B projection starts
+  at zero, so an untrained hypernet gives a zero LoRA and the base model unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import lora_layers
+
+
+def patch_grid(h: int, w: int, patch: int, per_side: int) -> list[tuple[int, int]]:
+    """Top-left corners of up to per_side x per_side patches spread evenly over an h x w frame."""
+    ys = sorted({round(v) for v in torch.linspace(0, max(h - patch, 0), per_side).tolist()})
+    xs = sorted({round(v) for v in torch.linspace(0, max(w - patch, 0), per_side).tolist()})
+    return [(y, x) for y in ys for x in xs]
+
+
+def downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """The BI degradation used for self-supervised pairs (antialiased bicubic; not quantised, so that
+    training and analysis see the same thing at any bit depth)."""
+    return F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
+
+
+class ClipEncoder(nn.Module):
+    def __init__(self, dim: int = 64, patch: int = 32, per_side: int = 4):
+        super().__init__()
+        self.patch, self.per_side = patch, per_side
+        self.net = nn.Sequential(
+            nn.Conv2d(6, 32, 3, padding=1), nn.ReLU(),
+            nn.Conv2d(32, dim, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(dim, dim, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        self.out = nn.Linear(2 * dim, dim)
+
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] -> [T * P, 3, p, p] on the fixed grid (frames smaller than p are used whole)."""
+        h, w = frames.shape[-2:]
+        p = min(self.patch, h, w)
+        p -= p % 4  # the base model's scale divides it (x2 and x4)
+        return torch.cat([frames[:, :, y : y + p, x : x + p] for y, x in patch_grid(h, w, p, self.per_side)])
+
+    def forward(self, frames: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """LR frames [T, 3, H, W] of one clip -> tokens [T * P, dim]. `base` is the frozen base model."""
+        x = self.patches(frames)
+        with torch.no_grad():  # the base model's own attempt one scale down; no gradient into the base
+            small = downscale(x, base.scale)
+            guess = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
+        f = self.net(torch.cat([x, guess - x], 1))
+        return self.out(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+
+
+@dataclass
+class ClipSummary:
+    """Mergeable statistics of a clip's tokens (float64). Attention accumulators per memory query:
+    running max m, sum of exp(score - m) and the exp-weighted sum of values."""
+
+    count: torch.Tensor  # [] tokens seen
+    moment1: torch.Tensor  # [D] sum of tokens
+    moment2: torch.Tensor  # [D] sum of squared tokens
+    att_max: torch.Tensor  # [Q]
+    att_sum: torch.Tensor  # [Q]
+    att_acc: torch.Tensor  # [Q, D]
+    frames: int = 0
+
+    @staticmethod
+    def empty(queries: int, dim: int, device=None) -> ClipSummary:
+        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
+        return ClipSummary(z(), z(dim), z(dim), torch.full((queries,), -math.inf, dtype=torch.float64, device=device), z(queries), z(queries, dim))
+
+    def merge(self, other: ClipSummary) -> ClipSummary:
+        m = torch.maximum(self.att_max, other.att_max)
+        a = _rescale(self.att_max, m)
+        b = _rescale(other.att_max, m)
+        return ClipSummary(
+            self.count + other.count, self.moment1 + other.moment1, self.moment2 + other.moment2, m,
+            self.att_sum * a + other.att_sum * b, self.att_acc * a[:, None] + other.att_acc * b[:, None], self.frames + other.frames,
+        )
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"count": self.count, "moment1": self.moment1, "moment2": self.moment2, "att_max": self.att_max,
+                "att_sum": self.att_sum, "att_acc": self.att_acc}
+
+
+def _rescale(old_max: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
+    """exp(old - new), with an empty accumulator (max = -inf) contributing 0."""
+    return torch.where(torch.isinf(old_max), torch.zeros_like(old_max), torch.exp(old_max - new_max))
+
+
+class Memory(nn.Module):
+    """Learned memory queries over the clip's tokens: the part of the summary that attends."""
+
+    def __init__(self, dim: int, queries: int = 8):
+        super().__init__()
+        self.queries = nn.Parameter(torch.randn(queries, dim) / math.sqrt(dim))
+        self.key = nn.Linear(dim, dim)
+        self.value = nn.Linear(dim, dim)
+
+    def summarise(self, tokens: torch.Tensor, frames: int) -> ClipSummary:
+        """The summary of one batch of tokens [N, D] (e.g. one frame's)."""
+        t = tokens.double()
+        scores = (self.key(tokens) @ self.queries.T).double() / math.sqrt(tokens.shape[1])  # [N, Q]
+        m = scores.amax(0)
+        w = torch.exp(scores - m)  # [N, Q]
+        v = self.value(tokens).double()
+        return ClipSummary(torch.tensor(float(len(t)), dtype=torch.float64, device=t.device), t.sum(0), (t * t).sum(0), m,
+                           w.sum(0), w.T @ v, frames)
+
+    @staticmethod
+    def read(s: ClipSummary) -> torch.Tensor:
+        """The summary as one float32 vector: attention readouts, token mean and spread."""
+        n = s.count.clamp(min=1)
+        mean = s.moment1 / n
+        std = (s.moment2 / n - mean * mean).clamp(min=0).add(1e-6).sqrt()
+        readout = s.att_acc / s.att_sum.clamp(min=1e-30)[:, None]
+        return torch.cat([readout.flatten(), mean, std]).float()
+
+
+class LoRAGenerator(nn.Module):
+    """Summary vector -> (A [r, fan_in], B [out, r]) per adapted layer, from one shared head."""
+
+    def __init__(self, summary_dim: int, layers: list[tuple[str, int, int]], rank: int = 4, hidden: int = 128, embed: int = 32):
+        super().__init__()
+        self.layers = layers  # (name, fan_in, out_channels), in a fixed order
+        self.rank = rank
+        self.max_fan_in = max(f for _, f, _ in layers)
+        self.max_out = max(o for _, _, o in layers)
+        self.context = nn.Sequential(nn.Linear(summary_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.layer_embedding = nn.Parameter(torch.randn(len(layers), embed) * 0.5)
+        self.shared = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        self.head_A = nn.Linear(hidden, rank * self.max_fan_in)
+        self.head_B = nn.Linear(hidden, self.max_out * rank)
+        nn.init.zeros_(self.head_B.weight)  # zero B: the first LoRA is zero, the base model unchanged
+        nn.init.zeros_(self.head_B.bias)
+
+    def forward(self, summary: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        c = F.relu(self.context(summary))
+        h = self.shared(torch.cat([c.expand(len(self.layers), -1), self.layer_embedding], 1))
+        A = self.head_A(h).view(len(self.layers), self.rank, self.max_fan_in)
+        B = self.head_B(h).view(len(self.layers), self.max_out, self.rank)
+        out = {}
+        for i, (name, fan_in, out_ch) in enumerate(self.layers):
+            out[name] = (A[i, :, :fan_in] / math.sqrt(fan_in), B[i, :out_ch])
+        return out
+
+
+class HyperNet(nn.Module):
+    def __init__(self, layers: list[tuple[str, int, int]], dim: int = 64, queries: int = 8, rank: int = 4,
+                 patch: int = 32, per_side: int = 4, hidden: int = 128):
+        super().__init__()
+        self.encoder = ClipEncoder(dim, patch, per_side)
+        self.memory = Memory(dim, queries)
+        self.generator = LoRAGenerator(queries * dim + 2 * dim, layers, rank, hidden)
+        self.dim, self.n_queries, self.rank = dim, queries, rank
+
+    @staticmethod
+    def layers_of(base: nn.Module) -> list[tuple[str, int, int]]:
+        return [(name, m.fan_in, m.out_channels) for name, m in sorted(lora_layers(base).items())]
+
+    def empty_summary(self, device=None) -> ClipSummary:
+        return ClipSummary.empty(self.n_queries, self.dim, device)
+
+    def summarise(self, frames: torch.Tensor, base: nn.Module) -> ClipSummary:
+        """LR frames [T, 3, H, W] (any number of them) -> their ClipSummary."""
+        return self.memory.summarise(self.encoder(frames, base), len(frames))
+
+    def factors(self, summary: ClipSummary) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        return self.generator(Memory.read(summary))
+
+
+def build_hypernet(base: nn.Module, arch: dict | None = None) -> HyperNet:
+    return HyperNet(HyperNet.layers_of(base), **(arch or {}))
