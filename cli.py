@@ -16,8 +16,6 @@ DEFAULT_DATA_DIR = Path(os.environ.get("HYPERSR_DATA", Path.home() / ".cache" / 
 
 
 def cmd_train_base(args) -> None:
-    import torch
-
     from .engine import presets
     from .engine.train import train_base
 
@@ -37,23 +35,46 @@ def cmd_train_base(args) -> None:
     weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
                          preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
-        from .engine.files import sha256_file
-
         pack = args.pack or args.data_dir / "train-pack.npz"
-        hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
-        record = {
-            "hyperparameters": hp,
-            "data": "training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) "
-            "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
-            "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes",
-            "pack_sha256": sha256_file(pack),
-            "wall_time_s": round(time.time() - t0),
-            "hardware": hardware,
-            "torch": torch.__version__,
-            "command": "hypersr " + shlex.join(sys.argv[1:]),
-        }
+        record = training_record(args, hp, pack, t0, "training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) "
+                                 "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
+                                 "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
         presets.install_weights(preset, weights, record)
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
+
+
+def training_record(args, hp: dict, pack: Path, t0: float, data: str) -> dict:
+    import torch
+
+    from .engine.files import sha256_file
+
+    hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    return {"hyperparameters": hp, "data": data, "pack_sha256": sha256_file(pack), "wall_time_s": round(time.time() - t0),
+            "hardware": hardware, "torch": torch.__version__, "command": "hypersr " + shlex.join(sys.argv[1:])}
+
+
+def cmd_train_hypernet(args) -> None:
+    from .engine import presets
+    from .engine.train import HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
+
+    preset = presets.get(args.preset)
+    section = preset.card.get("hypernet", {})
+    hp = {**HYPERNET_HYPERPARAMETERS, **section.get("training", {}).get("hyperparameters", {})}
+    for key in ("steps", "lr", "seed"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
+    arch = section.get("architecture", HYPERNET_ARCH)
+    pack = args.pack or args.data_dir / "train-pack.npz"
+    if not pack.exists():
+        raise HypersrError(f"training pack {pack} is missing; make it with `hypersr data pack`")
+    t0 = time.time()
+    weights = train_hypernet(preset, arch, Path(args.out or f"runs/{preset.name}-hypernet"), pack,
+                             preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
+    if args.install:
+        data = ("meta-training on the training pack: single-shot clips (simulated camera over the scenes, carphone_pristine) "
+                "and two-shot clips of one scene (close-up + distant shot); base weights frozen")
+        presets.install_hypernet(preset, weights, arch, training_record(args, hp, pack, t0, data))
+        print(f"installed {weights} as the hypernet of preset {preset.name}", file=sys.stderr)
 
 
 def cpu_name() -> str:
@@ -194,6 +215,17 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--seed", type=int)
     tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
     tb.set_defaults(func=cmd_train_base)
+    th = train.add_parser("hypernet", help="meta-train a preset's hypernet (its base weights frozen)")
+    th.add_argument("--preset", default="fast-x2")
+    th.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default %(default)s")
+    th.add_argument("--out", help="run directory (checkpoints, log); default runs/PRESET-hypernet")
+    th.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
+    th.add_argument("--device", default="cpu")
+    th.add_argument("--steps", type=int)
+    th.add_argument("--lr", type=float)
+    th.add_argument("--seed", type=int)
+    th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")
+    th.set_defaults(func=cmd_train_hypernet)
     return parser
 
 

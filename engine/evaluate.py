@@ -37,6 +37,7 @@ def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     for label, single in (("causal", False), ("single", True)):
         module = CausalWindow(load_model(preset), single).eval()
         with torch.inference_mode():
+            module(torch.rand(1, *lr.shape[1:]))  # FFmpeg's trial call on a dummy frame
             outs[f"{preset} {label}"] = np.stack([module(torch.from_numpy(f)[None])[0].numpy() for f in lr])
     return outs
 

@@ -160,3 +160,13 @@ def install_weights(preset: Preset, weights: Path, record: dict) -> None:
     card["training"] = {**card.get("training", {}), **record}
     card.pop("validation", None)  # scores belong to the old weights; `hypersr bench quality --update-card`
     write_card(preset, card)
+
+
+def install_hypernet(preset: Preset, weights: Path, arch: dict, record: dict) -> None:
+    import shutil
+
+    target = hypernet_path(preset)
+    atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
+    card = dict(preset.card)
+    card["hypernet"] = {"architecture": arch, "weights": {"file": target.name, "sha256": sha256_file(target)}, "training": record}
+    write_card(preset, card)

@@ -6,7 +6,8 @@
 - TorchScript for FFmpeg's `dnn_processing=dnn_backend=torch`: FFmpeg calls forward once per frame, in
   order, with [1, 3, H, W] RGB in 0..1 and no look-ahead, so the module keeps the previous frame as state
   (reset when the frame size changes) and uses a causal window: previous, current, current again.
-  `single` mode uses the current frame alone.
+  FFmpeg's first call is a trial on a frame of uninitialised memory, so the first call never becomes
+  history. `single` mode uses the current frame alone.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class CausalWindow(nn.Module):
         self.model = model
         self.k: int = model.window // 2
         self.single = single
+        self.trial_pending: bool = True  # FFmpeg's trial call: its frame is garbage, never history
         self.register_buffer("history", torch.zeros(0, 3, 0, 0), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +53,9 @@ class CausalWindow(nn.Module):
             past = frame.unsqueeze(0).expand(self.k, -1, -1, -1)  # a new stream or size: start over
         else:
             past = self.history
-        if not self.single:
+        if self.trial_pending:
+            self.trial_pending = False
+        elif not self.single:
             self.history = torch.cat([past, frame.unsqueeze(0)])[1:].clone()
         window = torch.cat([past, frame.unsqueeze(0).expand(self.k + 1, -1, -1, -1)])
         return self.model(window.unsqueeze(0)).clamp(0, 1)

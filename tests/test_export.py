@@ -51,12 +51,15 @@ def test_torchscript_called_like_ffmpeg(tmp_path, frames):
     assert next(module.parameters()).device.type == "cpu"  # FFmpeg takes the device from the first parameter
     model = presets.load_model("fast-x2")
     with torch.inference_mode():
-        module(torch.rand(1, 3, 20, 24))  # FFmpeg's trial call on a dummy frame of another size
+        module(torch.rand(1, 3, *frames.shape[-2:]) * 1e6)  # FFmpeg's trial call: uninitialised memory, same size
         for n in range(len(frames)):
             out = module(torch.from_numpy(frames[n])[None])
             causal = [max(n - 1, 0), n, n]  # previous, current, current again
             ref = model(torch.from_numpy(frames[causal])[None]).clamp(0, 1)
             torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+        small = torch.from_numpy(frames[:, :, :20, :24])
+        for n, causal in ((0, [0, 0, 0]), (1, [0, 1, 1])):  # a new frame size starts the window over
+            torch.testing.assert_close(module(small[n][None]), model(small[causal][None]).clamp(0, 1), atol=1e-5, rtol=0)
 
 
 def test_torchscript_single_frame_variant(tmp_path, frames):

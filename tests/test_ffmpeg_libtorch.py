@@ -48,6 +48,7 @@ def hypersr_causal(model: Path, frames: np.ndarray) -> np.ndarray:
     """The same exported module run by hypersr's torch, frame by frame in order, as 8-bit RGB."""
     module = torch.jit.load(str(model))
     with torch.inference_mode():
+        module(torch.rand(1, 3, H, W))  # FFmpeg's trial call
         outs = [module(torch.from_numpy(f.copy()).permute(2, 0, 1)[None].float() / 255)[0] for f in frames]
     return (torch.stack(outs).permute(0, 2, 3, 1) * 255).numpy()
 
