@@ -1,4 +1,4 @@
-"""The `hypersr` command: upscale, export, demo, data, train, bench. Errors print one line and exit non-zero."""
+"""The `hypersr` command: analyse, upscale, export, demo, data, train, bench. Errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -96,6 +96,17 @@ def cmd_upscale(args) -> None:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
 
 
+def cmd_analyse(args) -> None:
+    from .ffmpeg_filter.pipe import run_analyse
+
+    matrix = {"709": 1, "601": 6, "2020": 9, None: None}[args.matrix]
+    t0 = time.time()
+    lora = run_analyse(args.input, args.output, args.preset, args.refine, args.device, matrix, progress=not args.quiet)
+    if not args.quiet:
+        print(f"hypersr: analysed {lora.made_by['frames']} frames in {time.time() - t0:.1f} s; wrote {args.output} "
+              f"(use it with `hypersr upscale --lora {args.output}`)", file=sys.stderr)
+
+
 def cmd_data(args) -> None:
     from .engine import data
 
@@ -165,6 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)
 
+    an = sub.add_parser("analyse", help="pass one: read a whole clip and write its LoRA (the clip's medium-term memory)")
+    an.add_argument("input", help="y4m file, - for y4m on stdin, or any video file bestsource can open")
+    an.add_argument("-o", "--output", required=True, help="LoRA file to write (e.g. clip.lora)")
+    an.add_argument("--preset", default=None, help="default: fast-x2")
+    an.add_argument("--refine", type=int, default=0, metavar="N",
+                    help="N steps of self-supervised test-time training of the predicted LoRA on the clip itself (default 0)")
+    an.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    an.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
+    an.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    an.set_defaults(func=cmd_analyse)
+
     ex = sub.add_parser("export", help="write the network (LoRA merged) for FFmpeg's dnn_processing or vs-mlrt")
     ex.add_argument("format", choices=["torchscript", "onnx"])
     ex.add_argument("-o", "--output", required=True)
@@ -231,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("upscale", "demo", "bench"):
+    if args.command in ("upscale", "analyse", "demo", "bench"):
         from .engine.runtime import keep_large_buffers
 
         keep_large_buffers()

@@ -76,7 +76,7 @@ class Analyser:
         """Take the next frame, [3, H, W] float32 RGB."""
         h, w = frame.shape[-2:]
         if self.size is None:
-            self.preset_min_check(w, h)
+            self.check_size(w, h)
             self.size = (w, h)
         elif self.size != (w, h):
             raise HypersrError(f"frame {self.n} is {w}x{h}, earlier frames {self.size[0]}x{self.size[1]}; analyse one frame size at a time")
@@ -89,7 +89,7 @@ class Analyser:
             self._keep_window(frame)
         self.n += 1
 
-    def preset_min_check(self, w: int, h: int) -> None:
+    def check_size(self, w: int, h: int) -> None:
         m = max(self.preset.min_size, 8 * self.preset.scale)
         if w < m or h < m:
             raise HypersrError(f"frames of {w}x{h} are smaller than {m}x{m}, the least pass one of preset {self.preset.name} can analyse")
@@ -160,13 +160,14 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     return params
 
 
-def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, progress=None) -> LoRA:
-    """Pass one over an iterable of [3, H, W] float32 frames. progress: an optional tqdm-like bar."""
+def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None) -> LoRA:
+    """Pass one over an iterable of [3, H, W] float32 frames. size: (width, height) when known, checked
+    before the first frame is read."""
     analyser = Analyser(preset, refine, device)
+    if size is not None:
+        analyser.check_size(*size)
     for frame in frames:
         analyser.update(frame)
-        if progress is not None:
-            progress.update()
     return analyser.lora()
 
 

@@ -31,6 +31,13 @@ def atomic_write(path: str | os.PathLike, write) -> None:
 
 
 
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail before a long job rather than after it: the folder of `path` must exist and be writable."""
+    folder = Path(path).parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise HypersrError(f"cannot write {path}: {folder} is not a writable folder; choose a writable location")
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

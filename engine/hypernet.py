@@ -83,7 +83,7 @@ class ClipSummary:
 
     @staticmethod
     def empty(queries: int, dim: int, device=None) -> ClipSummary:
-        z = lambda *s: torch.zeros(*s, dtype=torch.float64, device=device)
+        z = lambda *s: torch.zeros(s, dtype=torch.float64, device=device)
         return ClipSummary(z(), z(dim), z(dim), torch.full((queries,), -math.inf, dtype=torch.float64, device=device), z(queries), z(queries, dim))
 
     def merge(self, other: ClipSummary) -> ClipSummary:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from .errors import HypersrError
@@ -140,7 +140,18 @@ def save_lora(lora: LoRA, path: str | os.PathLike) -> None:
         "clip_fingerprint": lora.clip_fingerprint,
         "made_by": json.dumps(lora.made_by),
     }
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    blob = _canonical_header(save(tensors, metadata=metadata))
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+
+
+def _canonical_header(blob: bytes) -> bytes:
+    """The same safetensors file with its JSON header's keys sorted: safetensors writes metadata in a
+    random order per process, and the same clip should give a byte-identical LoRA file. Tensor offsets
+    are relative to the end of the header, so rewriting it leaves the data valid."""
+    n = int.from_bytes(blob[:8], "little")
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":")).encode()
+    header += b" " * (-len(header) % 8)  # safetensors aligns the data to 8 bytes
+    return len(header).to_bytes(8, "little") + header + blob[8 + n :]
 
 
 def load_lora(path: str | os.PathLike) -> LoRA:

@@ -19,7 +19,7 @@ import numpy as np
 import vapoursynth as vs
 
 from ..engine.errors import HypersrError
-from ..engine.files import atomic_write
+from ..engine.files import atomic_write, check_writable
 from ..vsplugin import PAST_END
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
@@ -226,3 +226,26 @@ def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str
     if source.truncated:
         raise HypersrError(source.truncated)
     return written
+
+
+def run_analyse(input_path: str, output_path: str, preset: str | None, refine: int, device: str | None,
+                matrix: int | None = None, progress: bool = True):
+    """The `hypersr analyse` command: pass one over the whole input, then the LoRA file (atomically).
+    A truncated input writes nothing: a LoRA of part of a clip would be silently wrong for the rest."""
+    from ..engine.analyse import analyse_frames
+    from ..engine.lora import save_lora
+    from ..vsplugin import read_frames
+
+    if output_path == "-":
+        raise HypersrError("a LoRA is a file, not a stream: give -o a file name (e.g. -o clip.lora)")
+    check_writable(output_path)
+    source = open_input(input_path, matrix)
+    rgb = to_rgb(source.clip, "RGBS", source.matrix)
+    try:
+        lora = analyse_frames(read_frames(rgb, source.total, progress), preset, refine, device, (rgb.width, rgb.height))
+    except vs.Error as e:
+        raise HypersrError(f"reading the input failed: {str(e).strip()}") from None
+    if source.truncated:
+        raise HypersrError(f"{source.truncated}; no LoRA written (analyse the complete clip)")
+    save_lora(lora, output_path)
+    return lora

@@ -2,12 +2,16 @@
 
     from hypersr import vsplugin as hsr
     rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")
-    out = hsr.upscale(rgb)                       # x2 with the default preset
+    lora = hsr.analyse(rgb, cache="movie.lora")  # pass one: reads the whole clip once, then reuses the cache
+    out = hsr.upscale(rgb, lora=lora)            # pass two: x2 with the default preset
 
 torch is imported only when a function is called, so importing this module costs nothing.
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import vapoursynth as vs
 
@@ -49,6 +53,100 @@ def _window_frames(frames: list[vs.VideoFrame], k: int) -> list[vs.VideoFrame]:
     return win
 
 
+def _check_rgb(clip, func: str) -> None:
+    if not isinstance(clip, vs.VideoNode):
+        raise vs.Error(f"hypersr.{func}: clip must be a VideoNode")
+    if clip.format is None or clip.width == 0 or clip.height == 0:
+        raise vs.Error(f"hypersr.{func}: variable-format or variable-size clips are not supported; resize to one format first")
+    if clip.format.id not in (vs.RGBS, vs.RGBH):
+        raise vs.Error(
+            f"hypersr.{func}: clip is {clip.format.name}, expected RGBS or RGBH; convert first, e.g. "
+            'core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")'
+        )
+
+
+def _frame_array(f: vs.VideoFrame):
+    import numpy as np
+
+    return np.stack([np.asarray(f[p], dtype=np.float32) for p in range(3)])
+
+
+def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = True, desc: str = "analyse"):
+    """The clip's frames as [3, H, W] float32 arrays, in order, up to `total` or a PAST_END marker."""
+    from tqdm import tqdm
+
+    limit = clip.num_frames if total is None else total
+    with tqdm(total=total if total is not None else None, unit="frame", desc=f"hypersr {desc}", file=sys.stderr,
+              disable=not progress, dynamic_ncols=True) as bar:
+        for n, f in enumerate(clip.frames(prefetch=max(2, core.num_threads), close=True)):
+            if n >= limit or f.props.get(PAST_END, 0):
+                break
+            yield _frame_array(f)
+            bar.update()
+
+
+def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: int) -> str | None:
+    """Why the LoRA cached at `path` is not the one for this clip and these settings (None: it is)."""
+    from ..engine import presets
+    from ..engine.analyse import clip_fingerprint, fingerprint_indices, frame_digest
+    from ..engine.lora import load_lora
+
+    try:
+        lora = load_lora(path)
+    except HypersrError as e:
+        return f"cache {path} is unreadable ({e})"
+    p = presets.get(preset)
+    hypernet_sha = (p.card.get("hypernet") or {}).get("weights", {}).get("sha256")
+    if (lora.preset, lora.scale, lora.base_sha256) != (p.name, p.scale, p.sha256):
+        return f"cache {path} was made for preset {lora.preset} (x{lora.scale}), not {p.name} (x{p.scale}) with the installed weights"
+    if lora.made_by.get("hypernet_sha256") != hypernet_sha or lora.made_by.get("refine") != refine:
+        return f"cache {path} was made by another hypernet or refine setting (refine={lora.made_by.get('refine')})"
+    n = clip.num_frames
+    digests = {i: frame_digest(_frame_array(clip.get_frame(i))) for i in fingerprint_indices(n)}
+    if lora.clip_fingerprint != clip_fingerprint(n, clip.width, clip.height, digests):
+        return f"cache {path} was made for another clip"
+    return None
+
+
+def analyse(
+    clip: vs.VideoNode,
+    cache: str | None = None,
+    preset: str | None = None,
+    refine: int = 0,
+    device_index: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+):
+    """Pass one: read every frame of an RGBS / RGBH clip once and return its LoRA (for upscale(lora=...)).
+
+    cache: a LoRA file. When it holds the LoRA for this clip, preset and refine setting it is returned at
+    once; otherwise the clip is analysed and the file (re)written atomically, with a one-line notice when
+    an existing file is replaced. refine: steps of self-supervised test-time training (0 = the hypernet's
+    prediction alone). Progress goes to stderr.
+    """
+    from ..engine.analyse import analyse_frames
+    from ..engine.files import check_writable
+    from ..engine.lora import load_lora, save_lora
+
+    _check_rgb(clip, "analyse")
+    if device_index is not None:
+        device = f"cuda:{device_index}"
+    try:
+        if cache is not None:
+            check_writable(cache)
+        if cache is not None and Path(cache).exists():
+            problem = _cache_problem(Path(cache), clip, preset, refine)
+            if problem is None:
+                return load_lora(cache)
+            print(f"hypersr.analyse: {problem}; analysing again", file=sys.stderr)
+        lora = analyse_frames(read_frames(clip, progress=progress), preset, refine, device, (clip.width, clip.height))
+        if cache is not None:
+            save_lora(lora, cache)
+        return lora
+    except HypersrError as e:
+        raise vs.Error(f"hypersr.analyse: {e}") from None
+
+
 def upscale(
     clip: vs.VideoNode,
     lora=None,
@@ -73,15 +171,7 @@ def upscale(
 
     from ..engine.runtime import Upscaler
 
-    if not isinstance(clip, vs.VideoNode):
-        raise vs.Error("hypersr.upscale: clip must be a VideoNode")
-    if clip.format is None or clip.width == 0 or clip.height == 0:
-        raise vs.Error("hypersr.upscale: variable-format or variable-size clips are not supported; resize to one format first")
-    if clip.format.id not in (vs.RGBS, vs.RGBH):
-        raise vs.Error(
-            f"hypersr.upscale: clip is {clip.format.name}, expected RGBS or RGBH; convert first, e.g. "
-            'core.resize.Bicubic(clip, format=vs.RGBS, matrix_in_s="709")'
-        )
+    _check_rgb(clip, "upscale")
     if trt:
         try:
             import torch_tensorrt  # noqa: F401
