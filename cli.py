@@ -146,6 +146,53 @@ def cmd_bench_quality(args) -> None:
             print(f"updated {p.card_path}", file=sys.stderr)
 
 
+def cmd_bench_memory(args) -> None:
+    import torch
+
+    from .engine import bench_memory, presets
+    from .engine.evaluate import validation_clips
+
+    p = presets.get(args.preset)
+    t0 = time.time()
+    print("real validation clips", file=sys.stderr)
+    real = bench_memory.real_clips(p.name, validation_clips(args.data_dir, args.clips), args.refine)
+    print("memory test", file=sys.stderr)
+    memory = bench_memory.memory_test(p.name, args.data_dir, max(args.refine), stills=args.stills)
+    rss = {n: bench_memory.pass_one_peak_rss(p.name, n) for n in (200, 2000)}
+    print(bench_memory.table(real, memory, rss, args.refine))
+    print(f"({time.time() - t0:.0f} s; {torch.get_num_threads()} threads, CPU: {cpu_name()})", file=sys.stderr)
+    if args.update_card:
+        card = dict(p.card)
+        card["hypernet"] = {**card["hypernet"], "validation": {
+            "real_clips": {c: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for c, r in real.items()},
+            "memory_test": {**memory, "mean": {k: round(v, 4) for k, v in memory["mean"].items()},
+                            "per_still": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in memory["per_still"]]},
+            "pass_one_peak_rss_mb": {str(n): round(mb) for n, mb in rss.items()},
+            "hardware": f"CPU: {cpu_name()}, {torch.get_num_threads()} threads",
+            "command": "hypersr " + shlex.join(sys.argv[1:]),
+            "torch": torch.__version__,
+        }}
+        presets.write_card(p, card)
+        print(f"updated {p.card_path}", file=sys.stderr)
+
+
+def cmd_bench_speed(args) -> None:
+    import torch
+
+    from .engine import bench_speed
+
+    backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    sizes = None
+    if args.size:
+        w, _, h = args.size.partition("x")
+        sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
+    rows, peaks = bench_speed.bench(args.preset or ["fast-x2", "fast-x4"], backends, args.frames, sizes,
+                                    progress=lambda line: print(line, file=sys.stderr))
+    print(bench_speed.table(rows, peaks))
+    machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads" + (f"; GPU: {torch.cuda.get_device_name()}" if "cuda" in backends else "")
+    print("measured peak: " + ", ".join(f"{b} {g:.0f} GFLOP/s" for b, g in peaks.items()) + f"; {machine}; torch {torch.__version__}")
+
+
 def cmd_export(args) -> None:
     from .ffmpeg_filter import export
 
@@ -205,6 +252,22 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.set_defaults(func=cmd_bench_quality)
+
+    bm = bench.add_parser("memory", help="the hypernet's gain on real clips and the memory test; pass one's time and memory")
+    bm.add_argument("--preset", default="fast-x2")
+    bm.add_argument("--refine", type=int, nargs="+", default=[10, 50], help="refine steps to compare (default 10 50)")
+    bm.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bm.add_argument("--stills", type=int, default=8, help="validation stills in the memory test (default 8)")
+    bm.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bm.add_argument("--update-card", action="store_true", help="record the results in the preset's model card")
+    bm.set_defaults(func=cmd_bench_memory)
+
+    bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin")
+    bs.add_argument("--preset", action="append", help="preset (repeatable; default fast-x2 and fast-x4)")
+    bs.add_argument("--backend", action="append", choices=["cpu", "cuda"], help="repeatable; default cpu, and cuda when there is a GPU")
+    bs.add_argument("--frames", type=int, default=3, help="timed frames per row, after one warm-up frame (default 3)")
+    bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
+    bs.set_defaults(func=cmd_bench_speed)
 
     demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back, write the result and a comparison PNG")
     demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")

@@ -73,14 +73,15 @@ class Clip:
 
 
 def multi_shot_clip(still: torch.Tensor, rng: np.random.Generator, frames: int = 24, size: int = 128,
-                    shots: int = 3, distant: tuple[float, float] = (0.3, 0.6)) -> Clip:
+                    shots: int = 3, distant: tuple[float, float] = (0.3, 0.6), closeup_first: bool = False) -> Clip:
     """One scene in several shots: a close-up and distant shots of the same region, cuts between them.
 
     still: [3, H, W] float. The region is chosen at the still's centre of detail; a distant shot at
-    magnification m shows it shrunk by m (so the close-up holds the detail the distant shots lack)."""
+    magnification m shows it shrunk by m (so the close-up holds the detail the distant shots lack).
+    The shots come in random order, or the close-up first (the memory test)."""
     h, w = still.shape[-2:]
     mags = [1.0] + [float(rng.uniform(*distant)) for _ in range(shots - 1)]
-    order = rng.permutation(shots)
+    order = np.arange(shots) if closeup_first else rng.permutation(shots)
     mags = [mags[i] for i in order]
     bounds = np.linspace(0, frames, shots + 1).round().astype(int)
     centre = np.array([rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h])

@@ -53,6 +53,12 @@ class LoRAConv2d(nn.Conv2d):
                 )
         self.lora_A, self.lora_B, self.lora_scale = A, B, float(scale)
 
+    def effective_weight(self) -> torch.Tensor:
+        """The weight this layer applies: base + LoRA (already so when merged)."""
+        if self.lora_A is None or self.merged:
+            return self.weight
+        return self.weight + self.delta_weight()
+
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_scale * (self.lora_B @ self.lora_A)).view_as(self.weight)
 

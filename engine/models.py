@@ -60,8 +60,15 @@ class FastVSR(nn.Module):
         if self.fusion == "early":
             x = F.relu(self.head(window.reshape(n, t * c, h, w)))
         else:
-            feats = F.relu(self.frame_features(window.reshape(n * t, c, h, w)))
-            x = F.relu(self.fuse(feats.reshape(n, t * feats.shape[1], h, w)))
+            # The shared per-frame conv as one grouped conv over the stacked frames: its output is already
+            # the fusion's input layout, with no copies between (they cost a quarter of the time on CPU).
+            ff = self.frame_features
+            stacked = window.reshape(n, t * c, h, w)
+            if ff.weight.is_contiguous(memory_format=torch.channels_last) and ff.weight.shape[1] > 1:
+                stacked = stacked.contiguous(memory_format=torch.channels_last)  # the layout the runtime chose
+            k = self.window  # == t; a constant, so exporters see the kernel's shape
+            feats = F.conv2d(stacked, ff.effective_weight().repeat(k, 1, 1, 1), ff.bias.repeat(k), padding=ff.padding, groups=k)
+            x = F.relu(self.fuse(F.relu(feats)))
         x = self.body(x) + x
         residual = F.pixel_shuffle(self.tail(x), self.scale)
         base = F.interpolate(centre, scale_factor=self.scale, mode="bicubic", align_corners=False)

@@ -68,7 +68,10 @@ class Upscaler:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         if self.device.type == "cpu":
             keep_large_buffers()
-        self.model = presets.load_model(self.preset, lora, device=str(self.device)).to(self.dtype)
+        # channels_last: oneDNN's fast path on CPU (480x270 frame: 223 -> 159 ms with the grouped per-frame
+        # conv in models.py) and tensor cores on GPU. torch.compile measured 148 ms on the same frame but
+        # costs 6-20 s of compilation per frame size, so it is not used.
+        self.model = presets.load_model(self.preset, lora, device=str(self.device)).to(self.dtype, memory_format=torch.channels_last)
         self.scale, self.window = self.preset.scale, self.preset.window
         self.tile, self.tile_pad = tile, tile_pad
         self._slots: queue.Queue = queue.Queue()

@@ -1,4 +1,4 @@
-"""The `hypersr upscale` command with real y4m streams and real ffmpeg processes on both sides."""
+"""The `hypersr upscale` and `analyse` commands with real y4m streams and real ffmpeg processes on both sides."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, run_hypersr
 from hypersr.engine import presets
-from hypersr.engine.lora import LoRA, lora_layers, save_lora
+from hypersr.engine.lora import LoRA, load_lora, lora_layers, save_lora
 from hypersr.ffmpeg_filter.y4m import Y4MReader
 
 
@@ -57,20 +57,28 @@ def test_full_range_and_chroma_siting_tags_survive(tmp_path):
     assert np.abs(plane_means(f_out) - plane_means(f_in)).max() < 0.015 * 255
 
 
-def test_between_two_real_ffmpeg_processes(tmp_path):
-    out = tmp_path / "out.mkv"
-    cmd = (
-        f"ffmpeg -v error -f lavfi -i testsrc2=size=80x48:rate=25 -frames:v 12 -pix_fmt yuv420p10le -strict -1 -f yuv4mpegpipe - "
-        f"| {HYPERSR} upscale - -o - "
-        f"| ffmpeg -v error -f yuv4mpegpipe -i - -c:v ffv1 -y {out}"
-    )
-    proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr.decode()
+def test_two_pass_recipe_between_real_ffmpeg_processes(tmp_path):
+    """The README's recipe: ffmpeg | hypersr analyse, then ffmpeg | hypersr upscale --lora | ffmpeg."""
+    out, lora = tmp_path / "out.mkv", tmp_path / "in.lora"
+    decode = f"ffmpeg -v error -i {SAMPLE} -vf scale=160:96 -frames:v 12 -f yuv4mpegpipe -pix_fmt yuv420p10le -strict -1 -"
+    passes = [
+        f"{decode} | {HYPERSR} analyse - -o {lora}",
+        f"{decode} | {HYPERSR} upscale - --lora {lora} -o - | ffmpeg -v error -f yuv4mpegpipe -i - -c:v ffv1 -y {out}",
+    ]
+    for cmd in passes:
+        proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert b"frame" in proc.stderr  # progress went to stderr, the video alone to stdout
     probe = json.loads(subprocess.run(
         ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=width,height,pix_fmt,nb_read_frames", "-of", "json", str(out)],
         capture_output=True, check=True).stdout)["streams"][0]
-    assert (probe["width"], probe["height"], probe["pix_fmt"], int(probe["nb_read_frames"])) == (160, 96, "yuv420p10le", 12)
-    assert b"frames" in proc.stderr  # progress went to stderr, the video alone to stdout
+    assert (probe["width"], probe["height"], probe["pix_fmt"], int(probe["nb_read_frames"])) == (320, 192, "yuv420p10le", 12)
+    assert load_lora(lora).made_by["frames"] == 12
+    # the LoRA changed the video: the same pipe without it differs
+    plain = subprocess.run(["bash", "-o", "pipefail", "-c", f"{decode} | {HYPERSR} upscale - -o - -q"], capture_output=True, timeout=300).stdout
+    with_lora = subprocess.run(["bash", "-o", "pipefail", "-c", f"{decode} | {HYPERSR} upscale - --lora {lora} -o - -q"],
+                               capture_output=True, timeout=300).stdout
+    assert len(plain) == len(with_lora) and plain != with_lora
 
 
 def test_video_file_input(tmp_path):

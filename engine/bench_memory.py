@@ -1,0 +1,124 @@
+"""`hypersr bench memory`: does the medium-term memory help, and what does pass one cost?
+
+1. Real validation clips (whole clips, BI degradation): base vs base + the hypernet's LoRA vs + refine N,
+   Y-PSNR per clip; time of pass one (analyse) and pass two (upscale) on the same frames.
+2. Memory test: clips of one validation still (never trained on) with a close-up shot first, then
+   distant shots of the same scene. Only the distant shots are scored; their LoRA comes either from the
+   distant shots alone or from the whole clip, so the difference is what the close-up taught.
+3. Peak memory of `hypersr analyse` on a 200- and a 2,000-frame stream (separate processes).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import data, presets
+from .analyse import analyse_frames
+from .metrics import y_psnr
+from .train import upscale_clip
+
+
+def upscale_frames(preset: str, lr: torch.Tensor, lora=None) -> torch.Tensor:
+    model = presets.load_model(preset, lora)
+    with torch.inference_mode():
+        return data.quantise(upscale_clip(model, lr))
+
+
+def psnr(sr: torch.Tensor, hr: torch.Tensor) -> float:
+    return float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
+
+
+def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) -> dict:
+    p = presets.get(preset)
+    out = {}
+    for name, hr in clips.items():
+        lr = data.degrade_bi(hr, p.scale)
+        frames = lr.numpy()
+        t0 = time.perf_counter()
+        sr = upscale_frames(preset, lr)
+        pass_two = time.perf_counter() - t0
+        row = {"frames": len(hr), "size": f"{lr.shape[-1]}x{lr.shape[-2]}", "base": psnr(sr, hr), "pass_two_s": pass_two}
+        for n in [0, *refines]:
+            t0 = time.perf_counter()
+            lora = analyse_frames(frames, preset, refine=n)
+            row[f"pass_one_s refine {n}"] = time.perf_counter() - t0
+            row[f"hypernet refine {n}"] = psnr(upscale_frames(preset, lr, lora), hr)
+        out[name] = row
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), file=sys.stderr)
+    return out
+
+
+def score_shots(preset: str, lr: torch.Tensor, hr: torch.Tensor, shot: int, lora) -> float:
+    """Y-PSNR of shots of `shot` frames each, every shot upscaled on its own (windows stop at cuts)."""
+    sr = torch.cat([upscale_frames(preset, lr[i : i + shot], lora) for i in range(0, len(lr), shot)])
+    return psnr(sr, hr)
+
+
+def memory_test(preset: str, data_dir: Path, refine: int, stills: int = 8, size: int = 192, shot: int = 8, seed: int = 0) -> dict:
+    """Close-up first, then two distant shots; scores on the distant shots only."""
+    from .clips import multi_shot_clip
+
+    p = presets.get(preset)
+    _, val = data.split_stills(data.load_stills(data_dir))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for name, img in val[:stills]:
+        still = data.to_float(img)
+        clip = multi_shot_clip(still, rng, frames=3 * shot, size=size, shots=3, distant=(0.35, 0.55), closeup_first=True)
+        lr = data.degrade_bi(clip.frames, p.scale)
+        distant_hr, distant_lr = clip.frames[shot:], lr[shot:]
+        row = {"still": name, "base": score_shots(preset, distant_lr, distant_hr, shot, None)}
+        for n in sorted({0, refine}):
+            row[f"distant only, refine {n}"] = score_shots(preset, distant_lr, distant_hr, shot, analyse_frames(distant_lr.numpy(), preset, refine=n))
+            row[f"whole clip, refine {n}"] = score_shots(preset, distant_lr, distant_hr, shot, analyse_frames(lr.numpy(), preset, refine=n))
+        rows.append(row)
+        print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "still"), file=sys.stderr)
+    keys = [k for k in rows[0] if k != "still"]
+    return {"stills": len(rows), "frames_per_shot": shot, "hr_size": size, "distant_magnification": [0.35, 0.55],
+            "mean": {k: float(np.mean([r[k] for r in rows])) for k in keys}, "per_still": rows}
+
+
+def pass_one_peak_rss(preset: str, frames: int, size: str = "320x180") -> float:
+    """Peak resident memory (MB) of `hypersr analyse` reading a y4m stream of `frames` frames on stdin."""
+    hypersr = str(Path(sys.executable).parent / "hypersr")
+    src = subprocess.Popen(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", str(frames),
+                            "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE)
+    out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hypersr-bench-{os.getpid()}.lora"
+    proc = subprocess.Popen([hypersr, "analyse", "-", "-o", str(out), "--preset", preset, "-q"], stdin=src.stdout)
+    src.stdout.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    src.wait()
+    out.unlink(missing_ok=True)
+    if status != 0:
+        raise RuntimeError(f"hypersr analyse failed on the {frames}-frame stream")
+    return usage.ru_maxrss / 1024
+
+
+def table(real: dict, memory: dict, rss: dict[int, float], refines: list[int]) -> str:
+    lines = ["Real validation clips (Y-PSNR dB, BI degradation; time in s on this machine)", ""]
+    cols = ["base", *[f"hypernet refine {n}" for n in [0, *refines]]]
+    lines.append(f"| clip | frames | {' | '.join(cols)} | pass one (refine 0) | pass two | ratio |")
+    lines.append("|" + "---|" * (len(cols) + 5))
+    for name, r in real.items():
+        ratio = r["pass_one_s refine 0"] / r["pass_two_s"]
+        lines.append(f"| {name} | {r['frames']} | " + " | ".join(f"{r[c]:.2f}" for c in cols)
+                     + f" | {r['pass_one_s refine 0']:.1f} | {r['pass_two_s']:.1f} | {ratio:.0%} |")
+    means = {c: np.mean([r[c] for r in real.values()]) for c in cols}
+    lines.append("| mean | | " + " | ".join(f"{means[c]:.2f}" for c in cols) + " | | | |")
+    lines.append("| gain over base | | " + " | ".join(f"{means[c] - means['base']:+.2f}" for c in cols) + " | | | |")
+    lines += ["", f"Memory test: close-up shot then two distant shots of {memory['stills']} validation stills; distant shots scored", ""]
+    m = memory["mean"]
+    lines.append("| LoRA from | " + " | ".join(m) + " |")
+    lines.append("|---|" + "---|" * len(m))
+    lines.append("| Y-PSNR | " + " | ".join(f"{v:.2f}" for v in m.values()) + " |")
+    lines.append("| gain over base | " + " | ".join(f"{v - m['base']:+.2f}" for v in m.values()) + " |")
+    lines += ["", "Peak memory of pass one (hypersr analyse on a y4m stream, 320x180)", ""]
+    lines += [f"| {n} frames | {mb:.0f} MB |" for n, mb in rss.items()]
+    return "\n".join(lines)

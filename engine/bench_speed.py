@@ -1,0 +1,144 @@
+"""`hypersr bench speed`: pass two's speed per preset x backend x size, next to vs-mlrt on the same network.
+
+Every row runs in its own child process (so its peak memory is its own), inside VapourSynth the way users
+run it: hypersr.vsplugin.upscale, or vs-mlrt's `core.ort.Model` on the ONNX that `hypersr export onnx`
+writes for the same preset. Achieved GFLOP/s is the network's FLOPs per frame over the time per frame,
+against the machine's measured peak (a large float32 matmul on the CPU, float16 on a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+SIZES = {2: [(960, 540), (1920, 1080)], 4: [(480, 270)]}  # LR sizes: 540p->1080p, 1080p->2160p; 270p->1080p
+
+
+def peak_gflops(device: str) -> float:
+    import torch
+
+    n = 4096 if device == "cuda" else 2048
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def _noise_clip(w: int, h: int, length: int):
+    import numpy as np
+    import vapoursynth as vs
+
+    from ..vsplugin.io import clip_from_array
+
+    frames = np.random.default_rng(0).random((2, 3, h, w), dtype=np.float32)
+    return vs.core.std.Loop(clip_from_array(frames), length // 2 + 1)[:length]
+
+
+def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
+    """One measurement in this process: `frames` frames after one warm-up frame."""
+    import numpy as np
+    import torch
+    import vapoursynth as vs
+
+    from ..vsplugin import upscale, window_clips
+    from . import presets
+
+    p = presets.get(preset)
+    clip = _noise_clip(w, h, frames + 1)
+    if backend == "vs-mlrt-ort":
+        from ..ffmpeg_filter.export import export_onnx
+
+        onnx = os.path.join(tempfile.mkdtemp(), "model.onnx")
+        export_onnx(onnx, preset)
+        out = vs.core.ort.Model(window_clips(clip, p.window // 2), network_path=onnx, provider="CPU")
+    else:
+        out = upscale(clip, preset=preset, device=backend)
+    out.get_frame(0)  # warm-up (and, for ORT, session creation)
+    t0 = time.perf_counter()
+    for n in range(1, frames + 1):
+        out.get_frame(n)
+    seconds = (time.perf_counter() - t0) / frames
+    row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * presets.complexity(p)["macs_per_input_pixel"] * w * h / seconds / 1e9}
+    if backend == "cuda":
+        row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if backend != "vs-mlrt-ort":  # pass one on the same frames
+        from .analyse import Analyser
+
+        analyser = Analyser(preset, device=backend)
+        lr = np.random.default_rng(1).random((frames + 1, 3, h, w), dtype=np.float32)
+        analyser.update(lr[0])
+        t0 = time.perf_counter()
+        for f in lr[1:]:
+            analyser.update(f)
+        row["pass_one_fps"] = frames / (time.perf_counter() - t0)
+    return row
+
+
+def measure(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
+    """run_row in a child process (its own peak memory, a cold start like a user's)."""
+    cmd = [sys.executable, "-m", "hypersr.engine.bench_speed", preset, backend, str(w), str(h), str(frames)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], peaks: dict[str, float]) -> str:
+    lines = ["| preset | backend | LR -> HR | ms/frame | fps | GFLOP/s (% of peak) | peak memory | pass one fps | vs vs-mlrt ORT |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        size = f"{r['w']}x{r['h']} -> {r['w'] * r['scale']}x{r['h'] * r['scale']}"
+        if "error" in r:
+            lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['error']} | | | | | |")
+            continue
+        peak = peaks.get("cuda" if r["backend"] == "cuda" else "cpu")
+        pct = f" ({r['gflops'] / peak:.0%})" if peak else ""
+        one = f"{r['pass_one_fps']:.1f}" if "pass_one_fps" in r else ""
+        ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
+        lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['ms_per_frame']:.0f} | {r['fps']:.2f} | {r['gflops']:.1f}{pct} | "
+                     f"{r['peak_memory_mb']:.0f} MB | {one} | {ratio} |")
+    return "\n".join(lines)
+
+
+def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print) -> tuple[list[dict], dict]:
+    from . import presets
+
+    peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if "cuda" in backends else [])}}
+    rows = []
+    for name in presets_:
+        p = presets.get(name)
+        for w, h in (sizes or SIZES)[p.scale]:
+            by_backend = {}
+            for backend in [*backends, *(["vs-mlrt-ort"] if "cpu" in backends else [])]:
+                r = {"preset": name, "backend": backend, "w": w, "h": h, "scale": p.scale, **measure(name, backend, w, h, frames)}
+                by_backend[backend] = r
+                rows.append(r)
+                progress(f"  {name} {backend} {w}x{h}: " + (r.get("error") or f"{r['ms_per_frame']:.0f} ms/frame"))
+            ort, cpu = by_backend.get("vs-mlrt-ort", {}), by_backend.get("cpu", {})
+            if "fps" in ort and "fps" in cpu:
+                cpu["ratio"] = cpu["fps"] / ort["fps"]
+    return rows, peaks
+
+
+if __name__ == "__main__":  # one row, for measure()
+    preset, backend, w, h, frames = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    from .runtime import keep_large_buffers
+
+    keep_large_buffers()
+    print(json.dumps(run_row(preset, backend, w, h, frames)))
