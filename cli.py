@@ -1,4 +1,4 @@
-"""The `hypersr` command: analyse, upscale, export, demo, data, train, bench. Errors print one line and exit non-zero."""
+"""The `hypersr` command: analyse, upscale, batch, export, demo, data, train, bench. Errors print one line and exit non-zero."""
 
 from __future__ import annotations
 
@@ -105,6 +105,16 @@ def cmd_analyse(args) -> None:
     if not args.quiet:
         print(f"hypersr: analysed {lora.made_by['frames']} frames in {time.time() - t0:.1f} s; wrote {args.output} "
               f"(use it with `hypersr upscale --lora {args.output}`)", file=sys.stderr)
+
+
+def cmd_batch(args) -> None:
+    from .batch.local import run_batch
+
+    t0 = time.time()
+    job = run_batch(args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
+    frames = sum(e.frames or 0 for e in job.entries)
+    print(f"hypersr batch: {len(job.entries)} files done ({frames} frames analysed this job) in {time.time() - t0:.0f} s; "
+          f"job record in {job.path}", file=sys.stderr)
 
 
 def cmd_data(args) -> None:
@@ -234,6 +244,19 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     an.set_defaults(func=cmd_analyse)
 
+    ba = sub.add_parser("batch", help="both passes and encoding for many files; resumable (run the same command again)")
+    ba.add_argument("inputs", nargs="+", help="video files, folders (their video files) or glob patterns")
+    ba.add_argument("-o", "--output", default="{dir}/{stem}.hypersr.mkv",
+                    help="output template with {stem}, {name}, {dir} of each input (default %(default)s)")
+    ba.add_argument("--job-dir", default="hypersr-job", help="job record and cached LoRAs (default %(default)s)")
+    ba.add_argument("--ffmpeg-args", default="-c:v libx264 -crf 16 -preset slow",
+                    help="encoder arguments for ffmpeg, one string (default %(default)r); audio and subtitles are copied")
+    ba.add_argument("--ffmpeg", default="ffmpeg", help="the ffmpeg to encode with (default %(default)s)")
+    ba.add_argument("--preset", default=None, help="default: fast-x2")
+    ba.add_argument("--refine", type=int, default=0, metavar="N", help="refine steps in pass one (default 0)")
+    ba.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ba.set_defaults(func=cmd_batch)
+
     ex = sub.add_parser("export", help="write the network (LoRA merged) for FFmpeg's dnn_processing or vs-mlrt")
     ex.add_argument("format", choices=["torchscript", "onnx"])
     ex.add_argument("-o", "--output", required=True)
@@ -316,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command in ("upscale", "analyse", "demo", "bench"):
+    if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
         from .engine.runtime import keep_large_buffers
 
         keep_large_buffers()

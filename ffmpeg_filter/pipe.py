@@ -176,14 +176,16 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     return core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range_s=rng, chromaloc_s=CHROMALOC_NAMES[h.chroma_location])
 
 
-def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True) -> int:
+def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True, desc: str = "hypersr",
+              position: int | None = None) -> int:
     """Write the clip's frames as y4m until the end (or the PAST_END marker); returns the frame count."""
     from tqdm import tqdm
 
     writer = Y4MWriter(out, header.resized(clip.width, clip.height))
     written = 0
     limit = total if total is not None else clip.num_frames
-    with tqdm(total=total, unit="frame", desc="hypersr", file=sys.stderr, disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, position=position,
+              leave=position is None) as bar:
         for f in clip.frames(prefetch=max(2, core.num_threads), close=True):
             if written >= limit or f.props.get(PAST_END, 0):
                 break

@@ -71,13 +71,13 @@ def _frame_array(f: vs.VideoFrame):
     return np.stack([np.asarray(f[p], dtype=np.float32) for p in range(3)])
 
 
-def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = True, desc: str = "analyse"):
+def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = True, desc: str = "hypersr analyse", position: int | None = None):
     """The clip's frames as [3, H, W] float32 arrays, in order, up to `total` or a PAST_END marker."""
     from tqdm import tqdm
 
     limit = clip.num_frames if total is None else total
-    with tqdm(total=total if total is not None else None, unit="frame", desc=f"hypersr {desc}", file=sys.stderr,
-              disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True,
+              position=position, leave=position is None) as bar:
         for n, f in enumerate(clip.frames(prefetch=max(2, core.num_threads), close=True)):
             if n >= limit or f.props.get(PAST_END, 0):
                 break

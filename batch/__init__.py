@@ -1,0 +1,1 @@
+"""Many files, one or more machines: `hypersr batch` (job.py: the job record; local.py: one machine)."""
