@@ -111,7 +111,12 @@ def cmd_batch(args) -> None:
     from .batch.local import run_batch
 
     t0 = time.time()
-    job = run_batch(args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
+    if args.ray:
+        from .batch.cluster import run_batch_ray
+
+        job = run_batch_ray(args.ray, args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
+    else:
+        job = run_batch(args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
     frames = sum(e.frames or 0 for e in job.entries)
     print(f"hypersr batch: {len(job.entries)} files done ({frames} frames analysed this job) in {time.time() - t0:.0f} s; "
           f"job record in {job.path}", file=sys.stderr)
@@ -255,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--preset", default=None, help="default: fast-x2")
     ba.add_argument("--refine", type=int, default=0, metavar="N", help="refine steps in pass one (default 0)")
     ba.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    ba.add_argument("--ray", metavar="ADDRESS", help="run the passes on a Ray cluster (e.g. 10.0.0.1:6379); needs hypersr[ray]")
     ba.set_defaults(func=cmd_batch)
 
     ex = sub.add_parser("export", help="write the network (LoRA merged) for FFmpeg's dnn_processing or vs-mlrt")

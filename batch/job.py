@@ -92,6 +92,7 @@ class Job:
     @staticmethod
     def open(directory: Path, files: list[Path], template: str, settings: dict) -> Job:
         """The job in `directory`, continued when it holds one made with the same settings."""
+        directory = directory.resolve()  # workers on other nodes or in other folders see the same paths
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "loras").mkdir(exist_ok=True)
         old: dict[tuple[str, str], Entry] = {}

@@ -15,10 +15,12 @@ from tqdm import tqdm
 from ..engine.errors import HypersrError
 from .job import Entry, Job, expand_inputs
 
+Y4M_STDIN = ["-f", "yuv4mpegpipe", "-i", "-"]
 
-def encode_command(ffmpeg: str, source: str, target: Path, ffmpeg_args: str) -> list[str]:
-    """ffmpeg reading the upscaled video as y4m on stdin, everything else from the source file."""
-    return [ffmpeg, "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-i", source,
+
+def encode_command(ffmpeg: str, source: str, target: Path, ffmpeg_args: str, video: list[str] = Y4M_STDIN) -> list[str]:
+    """ffmpeg reading the upscaled video (default: y4m on stdin), everything else from the source file."""
+    return [ffmpeg, "-v", "error", *video, "-i", source,
             "-map", "0:v:0", "-map", "1:a?", "-map", "1:s?", "-map_metadata", "1", "-map_chapters", "1",
             "-c:a", "copy", "-c:s", "copy", *shlex.split(ffmpeg_args), "-y", str(target)]
 

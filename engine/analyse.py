@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -53,8 +54,23 @@ def clip_fingerprint(n: int, width: int, height: int, digests: dict[int, str]) -
     return h.hexdigest()
 
 
+@dataclass
+class Segment:
+    """What pass one learnt from consecutive frames first .. first+frames-1 of a clip: mergeable."""
+
+    first: int
+    frames: int
+    size: tuple[int, int]
+    summary: ClipSummary
+    digests: dict[int, str]  # fingerprint frames among these
+    last_digest: str
+
+
 class Analyser:
-    def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0):
+    """Pass one's state. `first_index`: where in the clip the frames fed to this analyser start (for a
+    segment analysed apart; merge the segments in order with absorb())."""
+
+    def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0):
         if refine < 0:
             raise HypersrError(f"--refine must be 0 or more steps, not {refine}")
         self.preset = presets.get(preset)
@@ -63,7 +79,7 @@ class Analyser:
         self.hypernet, self.hypernet_sha256 = presets.load_hypernet(self.preset, self.base, device=str(self.device))
         self.refine = refine
         self.summary = self.hypernet.empty_summary(self.device)
-        self.n = 0
+        self.first, self.n = first_index, 0
         self.size: tuple[int, int] | None = None
         self._digests: dict[int, str] = {}
         self._rng = np.random.default_rng(seed)
@@ -83,8 +99,9 @@ class Analyser:
         x = torch.from_numpy(np.ascontiguousarray(frame, np.float32))[None].to(self.device)
         self.summary = self.summary.merge(self.hypernet.summarise(x, self.base))
         self._last_digest = frame_digest(frame)
-        if self.n & (self.n - 1) == 0:  # 0, 1, 2, 4, 8, ...: fingerprint frames whatever the length
-            self._digests[self.n] = self._last_digest
+        i = self.first + self.n
+        if i & (i - 1) == 0:  # 0, 1, 2, 4, 8, ...: fingerprint frames whatever the length
+            self._digests[i] = self._last_digest
         if self.refine:
             self._keep_window(frame)
         self.n += 1
@@ -113,7 +130,23 @@ class Analyser:
         else:
             self._windows[slot] = crop
 
+    def segment(self) -> Segment:
+        return Segment(self.first, self.n, self.size, self.summary, dict(self._digests), self._last_digest)
+
+    def absorb(self, seg: Segment) -> None:
+        """Merge the summary of the frames that follow this analyser's (refine windows are not merged)."""
+        if seg.first != self.first + self.n:
+            raise ValueError(f"segment starts at frame {seg.first}, expected {self.first + self.n}")
+        if self.size is not None and seg.size != self.size:
+            raise HypersrError(f"frame size changes from {self.size} to {seg.size}; analyse one frame size at a time")
+        self.summary = self.summary.merge(seg.summary)
+        self.size, self.n = seg.size, self.n + seg.frames
+        self._digests.update(seg.digests)
+        self._last_digest = seg.last_digest
+
     def fingerprint(self) -> str:
+        if self.first != 0:
+            raise ValueError("a fingerprint needs the clip from frame 0")
         return clip_fingerprint(self.n, *self.size, {**self._digests, self.n - 1: self._last_digest})
 
     def lora(self) -> LoRA:

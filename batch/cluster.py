@@ -1,0 +1,189 @@
+"""`hypersr batch --ray ADDRESS`: the two passes of each file spread over a Ray cluster.
+
+- Pass one is a map-reduce. Workers analyse consecutive segments of the file; their summaries are
+  mergeable (engine.hypernet.ClipSummary), so merging them in order gives the LoRA one machine would
+  make, to floating-point rounding.
+- The workers are actors that hold the model (a GPU each where the node has one). In pass two each upscales
+  a segment of the output clip; windows at a segment's edges read the neighbouring source frames, so
+  the joined frames equal the single-machine frames exactly.
+- Joining: segments are written losslessly (FFV1), then the driver's ffmpeg decodes them in order
+  (concat demuxer) and encodes once with the user's arguments. Lossless segments rather than encoded
+  ones cut on keyframes: the final encode sees one continuous stream (no forced keyframes or rate-control
+  restarts at segment edges), and segments can be any length.
+Every node must see the input files, the job directory and the installed hypersr at the same paths
+(shared storage); Ray retries a segment whose worker died.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+from ..engine.errors import HypersrError
+from .job import Entry, Job, expand_inputs
+from .local import encode_command, partial_path
+
+SEGMENT_FRAMES = 300  # frames per pass-two segment (pass one uses one segment per worker)
+
+
+def _open_rgb(path: str):
+    from ..ffmpeg_filter.pipe import open_input
+    from ..vsplugin.io import to_rgb
+
+    source = open_input(path)
+    return source, to_rgb(source.clip, "RGBS", source.matrix)
+
+
+def merge_segments(segments, preset: str, device: str | None):
+    """Reduce: the segments' summaries in order -> the clip's LoRA."""
+    from ..engine.analyse import Analyser
+
+    analyser = Analyser(preset, device=device)
+    for seg in sorted(segments, key=lambda s: s.first):
+        analyser.absorb(seg)
+    return analyser.lora()
+
+
+class Worker:
+    """A Ray actor holding the model: analyses segments (pass one's map) and upscales segments of files
+    into lossless FFV1 files (pass two)."""
+
+    def __init__(self, preset: str, device: str | None):
+        import torch
+
+        self.preset = preset
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def analyse_segment(self, path: str, first: int, last: int):
+        """Map: pass one over frames first..last-1 of a file."""
+        from ..engine.analyse import Analyser
+        from ..vsplugin import _frame_array
+
+        _, rgb = _open_rgb(path)
+        analyser = Analyser(self.preset, device=self.device, first_index=first)
+        for i in range(first, last):
+            analyser.update(_frame_array(rgb.get_frame(i)))
+        return analyser.segment()
+
+    def upscale_segment(self, path: str, lora, first: int, last: int, target: str, ffmpeg: str) -> str:
+        from ..ffmpeg_filter.pipe import output_clip, write_y4m
+        from ..vsplugin import upscale
+
+        source, rgb = _open_rgb(path)
+        out = output_clip(source, upscale(rgb, lora=lora, preset=self.preset, device=self.device))[first:last]
+        tmp = partial_path(Path(target))
+        proc = subprocess.Popen([ffmpeg, "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-c:v", "ffv1", "-y", str(tmp)],
+                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            write_y4m(out, source.header, proc.stdin, last - first, progress=False)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass  # ffmpeg stopped reading: its message says why
+        err = proc.stderr.read().decode(errors="replace")
+        if proc.wait() != 0:
+            raise RuntimeError(f"ffmpeg failed writing segment {target}: {err.strip()}")
+        tmp.replace(target)
+        return target
+
+
+def connect(address: str):
+    try:
+        import ray
+    except ImportError:
+        raise HypersrError("--ray needs Ray: pip install 'hypersr[ray]'") from None
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        raise HypersrError(f"cannot join the Ray cluster at {address} ({str(e).splitlines()[0]}); start it with `ray start --head`") from None
+    return ray
+
+
+def spans(n: int, parts: int) -> list[tuple[int, int]]:
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def process_file(ray, job: Job, entry: Entry, workers: list) -> None:
+    from ..engine.lora import load_lora, save_lora
+
+    s = job.settings
+    _, rgb = _open_rgb(entry.source)
+    n = rgb.num_frames
+    if entry.state != "analysed" or not job.lora_path(entry).exists():
+        t0 = time.time()
+        segments = ray.get([w.analyse_segment.remote(entry.source, a, b) for w, (a, b) in zip(workers, spans(n, len(workers)))])
+        lora = merge_segments(segments, s["preset"], "cpu")
+        save_lora(lora, job.lora_path(entry))
+        entry.frames, entry.seconds["pass_one"] = n, round(time.time() - t0, 2)
+        entry.state = "analysed"
+        job.save()
+    lora = load_lora(job.lora_path(entry))
+    t0 = time.time()
+    folder = job.directory / "segments" / entry.fingerprint
+    folder.mkdir(parents=True, exist_ok=True)
+    parts = spans(n, max(len(workers), -(-n // SEGMENT_FRAMES)))
+    targets = [folder / f"{i:05d}.mkv" for i in range(len(parts))]
+    pending = [(i, a, b) for i, (a, b) in enumerate(parts) if not targets[i].exists()]  # finished segments survive a restart
+    refs = [workers[k % len(workers)].upscale_segment.remote(entry.source, lora, a, b, str(targets[i]), s["ffmpeg"])
+            for k, (i, a, b) in enumerate(pending)]
+    for _ in tqdm(ray.get(refs) if refs else [], desc=f"{Path(entry.source).name} pass two", unit="segment", file=sys.stderr, leave=False):
+        pass
+    concat = folder / "segments.txt"
+    concat.write_text("".join(f"file '{t}'\n" for t in targets))
+    final = Path(entry.output)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    cmd = encode_command(s["ffmpeg"], entry.source, partial_path(final), s["ffmpeg_args"], ["-f", "concat", "-safe", "0", "-i", str(concat)])
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        partial_path(final).unlink(missing_ok=True)
+        raise HypersrError(f"ffmpeg failed encoding {final.name}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    partial_path(final).replace(final)
+    for t in targets:
+        t.unlink()
+    entry.seconds["pass_two"] = round(time.time() - t0, 2)
+
+
+def run_batch_ray(address: str, inputs: list[str], template: str, job_dir: Path, ffmpeg_args: str, preset: str | None, refine: int,
+                  device: str | None, ffmpeg: str = "ffmpeg") -> Job:
+    from ..engine import presets
+
+    if refine:
+        raise HypersrError("--refine is not available with --ray yet: test-time training needs the whole clip in one place")
+    files = expand_inputs(inputs)
+    settings = {"preset": presets.get(preset).name, "refine": 0, "device": device, "ffmpeg": ffmpeg, "ffmpeg_args": ffmpeg_args}
+    job = Job.open(job_dir, files, template, settings)
+    ray = connect(address)
+    try:
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        count = max(1, gpus or int(resources.get("CPU", 1)))
+        actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0, max_restarts=3, max_task_retries=3)(Worker)
+        workers = [actor.remote(settings["preset"], device) for _ in range(count)]
+        failed = []
+        with tqdm(total=len(job.entries), unit="file", desc="hypersr batch (ray)", file=sys.stderr, dynamic_ncols=True) as bar:
+            bar.update(sum(e.state == "done" for e in job.entries))
+            for entry in job.entries:
+                if entry.state == "done":
+                    continue
+                try:
+                    process_file(ray, job, entry, workers)
+                    entry.state = "done"
+                    job.save()
+                except (HypersrError, ray.exceptions.RayError) as e:
+                    failed.append(f"{entry.source}: {str(e).splitlines()[0]}")
+                    tqdm.write(f"hypersr batch: {failed[-1]}", file=sys.stderr)
+                bar.update()
+    finally:
+        ray.shutdown()
+    if failed:
+        raise HypersrError(f"{len(failed)} of {len(job.entries)} files failed (run the same command again to retry them): " + "; ".join(failed))
+    return job
