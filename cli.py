@@ -59,7 +59,7 @@ def cmd_train_hypernet(args) -> None:
 
     preset = presets.get(args.preset)
     section = preset.card.get("hypernet", {})
-    hp = {**HYPERNET_HYPERPARAMETERS, **section.get("training", {}).get("hyperparameters", {})}
+    hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **section.get("training", {}).get("hyperparameters", {})}
     for key in ("steps", "lr", "seed"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)

@@ -143,7 +143,7 @@ def train_base(
 # --- meta-training the hypernet ------------------------------------------------------------------
 
 HYPERNET_ARCH = {"dim": 64, "queries": 8, "rank": 4, "patch": 32, "per_side": 4, "hidden": 128}
-HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "size": 128, "targets": 2, "lr": 1e-3, "seed": 0}
+HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "targets": 2, "lr": 1e-3, "seed": 0}  # size: 64 LR pixels
 
 def clip_loss(hypernet, base, hr: torch.Tensor, cuts: list[int], scale: int, degrade, centres: list[int]) -> torch.Tensor:
     """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier."""
