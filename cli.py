@@ -60,7 +60,7 @@ def cmd_train_hypernet(args) -> None:
     preset = presets.get(args.preset)
     section = preset.card.get("hypernet", {})
     hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **section.get("training", {}).get("hyperparameters", {})}
-    for key in ("steps", "lr", "seed"):
+    for key in ("steps", "lr", "seed", "size"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     arch = section.get("architecture", HYPERNET_ARCH)
@@ -338,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--steps", type=int)
     th.add_argument("--lr", type=float)
     th.add_argument("--seed", type=int)
+    th.add_argument("--size", type=int, help="HR side of the training clips (default 64 LR pixels x scale)")
     th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")
     th.set_defaults(func=cmd_train_hypernet)
     return parser

@@ -28,7 +28,8 @@ from .runtime import resolve_device
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
 REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop
 REFINE_BATCH = 8
-REFINE_LR = 2e-3
+REFINE_LR = 1e-3
+REFINE_CHECK = 5  # refine steps between checks of the held-out loss
 
 
 def fingerprint_indices(n: int) -> list[int]:
@@ -166,7 +167,11 @@ class Analyser:
 
 def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator) -> dict:
     """Self-supervised test-time training of LoRA factors on (window downscaled by `scale` -> centre frame)
-    pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`."""
+    pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`.
+
+    Every fourth window is held out; the result is the step with the lowest held-out loss (checked every
+    REFINE_CHECK steps), so refining never returns a LoRA that fits the clip's own pairs worse than where
+    it started, and stops following the training pairs once they stop generalising."""
     from .train import charbonnier
 
     device = next(base.parameters()).device
@@ -174,23 +179,40 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=REFINE_LR)
     layers = lora_layers(base)
     data = torch.from_numpy(windows).to(device)
+    held = torch.arange(len(data)) % 4 == 3 if len(data) >= 4 else torch.zeros(len(data), dtype=torch.bool)
+    train, holdout = data[~held], data[held]
     k = data.shape[1] // 2
+
+    def loss_on(batch):
+        small = downscale(batch.flatten(0, 1), scale).unflatten(0, batch.shape[:2])
+        for name, layer in layers.items():
+            layer.set_lora(*params[name])
+        return charbonnier(base(small), batch[:, k])
+
+    def snapshot():
+        return {n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in params.items()}
+
+    def held_loss() -> float:
+        with torch.no_grad():
+            return loss_on(holdout).item() if len(holdout) else -1.0
+
     try:
-        for _ in range(steps):
-            batch = data[torch.from_numpy(rng.choice(len(data), min(REFINE_BATCH, len(data)), replace=False))]
+        best, best_loss = snapshot(), held_loss()
+        for step in range(1, steps + 1):
+            batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]
             if rng.random() < 0.5:
                 batch = batch.flip(-1)
-            small = downscale(batch.flatten(0, 1), scale).unflatten(0, batch.shape[:2])
-            for name, layer in layers.items():
-                layer.set_lora(*params[name])
-            loss = charbonnier(base(small), batch[:, k])
+            loss = loss_on(batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if step % REFINE_CHECK == 0 or step == steps:
+                if (current := held_loss()) < best_loss or not len(holdout):
+                    best, best_loss = snapshot(), current
     finally:
         for layer in layers.values():
             layer.set_lora(None, None)
-    return params
+    return best
 
 
 def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None) -> LoRA:

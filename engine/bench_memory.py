@@ -91,14 +91,20 @@ def pass_one_peak_rss(preset: str, frames: int, size: str = "320x180") -> float:
     src = subprocess.Popen(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", str(frames),
                             "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hypersr-bench-{os.getpid()}.lora"
-    proc = subprocess.Popen([hypersr, "analyse", "-", "-o", str(out), "--preset", preset, "-q"], stdin=src.stdout)
+    # A child's ru_maxrss starts at its parent's RSS at fork (exec does not reset it), and this process holds
+    # the validation clips: so a small Python process starts hypersr and reports its peak.
+    proc = subprocess.Popen([sys.executable, "-c", PEAK_RSS, hypersr, "analyse", "-", "-o", str(out), "--preset", preset, "-q"],
+                            stdin=src.stdout, stdout=subprocess.PIPE, text=True)
     src.stdout.close()
-    _, status, usage = os.wait4(proc.pid, 0)
+    peak_kb = proc.communicate()[0].strip()
     src.wait()
     out.unlink(missing_ok=True)
-    if status != 0:
+    if proc.returncode != 0:
         raise RuntimeError(f"hypersr analyse failed on the {frames}-frame stream")
-    return usage.ru_maxrss / 1024
+    return int(peak_kb) / 1024
+
+
+PEAK_RSS = "import os, sys; pid = os.spawnv(os.P_NOWAIT, sys.argv[1], sys.argv[1:]); _, st, ru = os.wait4(pid, 0); print(ru.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(st))"
 
 
 def table(real: dict, memory: dict, rss: dict[int, float], refines: list[int]) -> str:

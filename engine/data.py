@@ -208,7 +208,8 @@ class WindowSampler:
         side = self.scenes.shape[1]
         for _ in range(self.detail_tries):
             scene = self.scenes[rng.integers(len(self.scenes))]
-            m = rng.uniform((view + 2) / side, 0.8) if rng.random() < self.distant_fraction else 1.0
+            least = (view + 2) / side  # the smallest magnification whose shrunk region still fills the view
+            m = rng.uniform(least, 0.8) if rng.random() < self.distant_fraction and least < 0.8 else 1.0
             extent = min(side, int(np.ceil(view / m)) + 4)  # source pixels that shrink to `view`
             y, x = rng.integers(side - extent + 1), rng.integers(side - extent + 1)
             region = shrink(to_float(scene[y : y + extent, x : x + extent]), m)

@@ -40,6 +40,9 @@ def downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
 
 
+ERROR_GAIN = 8.0  # the base's errors are ~0.01-0.05; at the scale of the pixels the encoder would overlook them
+
+
 class ClipEncoder(nn.Module):
     def __init__(self, dim: int = 64, patch: int = 32, per_side: int = 4):
         super().__init__()
@@ -64,7 +67,7 @@ class ClipEncoder(nn.Module):
         with torch.no_grad():  # the base model's own attempt one scale down; no gradient into the base
             small = downscale(x, base.scale)
             guess = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
-        f = self.net(torch.cat([x, guess - x], 1))
+        f = self.net(torch.cat([x, ERROR_GAIN * (guess - x)], 1))
         return self.out(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
 
 
@@ -126,12 +129,37 @@ class Memory(nn.Module):
 
     @staticmethod
     def read(s: ClipSummary) -> torch.Tensor:
-        """The summary as one float32 vector: attention readouts, token mean and spread."""
+        """The summary as one float32 vector: attention readouts, token mean and log spread."""
         n = s.count.clamp(min=1)
         mean = s.moment1 / n
         std = (s.moment2 / n - mean * mean).clamp(min=0).add(1e-6).sqrt()
         readout = s.att_acc / s.att_sum.clamp(min=1e-30)[:, None]
-        return torch.cat([readout.flatten(), mean, std]).float()
+        return torch.cat([readout.flatten(), mean, std.log()]).float()
+
+
+class ClipStandardiser(nn.Module):
+    """Standardises each summary feature by its mean and spread over training clips (running estimates,
+    frozen at inference). Clips differ from each other by small shifts of features that are large in
+    common; unstandardised, the generator learnt one constant LoRA for every clip (a fine-tune, not a
+    memory: the first trained version, see the model card)."""
+
+    def __init__(self, dim: int, momentum: float = 0.01):
+        super().__init__()
+        self.momentum = momentum
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("var", torch.ones(dim))
+
+    @torch.no_grad()
+    def calibrate(self, vectors: torch.Tensor) -> None:
+        self.mean.copy_(vectors.mean(0))
+        self.var.copy_(vectors.var(0).clamp(min=1e-8))
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.mean.lerp_(v.detach(), self.momentum)
+                self.var.lerp_((v.detach() - self.mean) ** 2, self.momentum)
+        return ((v - self.mean) / self.var.clamp(min=1e-8).sqrt()).clamp(-5, 5)
 
 
 class LoRAGenerator(nn.Module):
@@ -143,16 +171,17 @@ class LoRAGenerator(nn.Module):
         self.rank = rank
         self.max_fan_in = max(f for _, f, _ in layers)
         self.max_out = max(o for _, _, o in layers)
-        self.context = nn.Sequential(nn.Linear(summary_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
+        self.context = nn.Sequential(nn.Linear(summary_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
         self.layer_embedding = nn.Parameter(torch.randn(len(layers), embed) * 0.5)
-        self.shared = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        # SiLU, not ReLU: with ReLU all but one context unit died and the LoRA stopped depending on the clip
+        self.shared = nn.Sequential(nn.Linear(hidden + embed, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU())
         self.head_A = nn.Linear(hidden, rank * self.max_fan_in)
         self.head_B = nn.Linear(hidden, self.max_out * rank)
         nn.init.zeros_(self.head_B.weight)  # zero B: the first LoRA is zero, the base model unchanged
         nn.init.zeros_(self.head_B.bias)
 
     def forward(self, summary: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        c = F.relu(self.context(summary))
+        c = F.silu(self.context(summary))
         h = self.shared(torch.cat([c.expand(len(self.layers), -1), self.layer_embedding], 1))
         A = self.head_A(h).view(len(self.layers), self.rank, self.max_fan_in)
         B = self.head_B(h).view(len(self.layers), self.max_out, self.rank)
@@ -168,6 +197,7 @@ class HyperNet(nn.Module):
         super().__init__()
         self.encoder = ClipEncoder(dim, patch, per_side)
         self.memory = Memory(dim, queries)
+        self.standardise = ClipStandardiser(queries * dim + 2 * dim)
         self.generator = LoRAGenerator(queries * dim + 2 * dim, layers, rank, hidden)
         self.dim, self.n_queries, self.rank = dim, queries, rank
 
@@ -183,7 +213,7 @@ class HyperNet(nn.Module):
         return self.memory.summarise(self.encoder(frames, base), len(frames))
 
     def factors(self, summary: ClipSummary) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return self.generator(Memory.read(summary))
+        return self.generator(self.standardise(Memory.read(summary)))
 
 
 def build_hypernet(base: nn.Module, arch: dict | None = None) -> HyperNet:

@@ -167,12 +167,13 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
     from .lora import lora_layers
 
     hypernet.eval()
-    scores = {}
+    scores, deltas = {}, []
     layers = lora_layers(base)
     with torch.inference_mode():
         for name, hr in clips.items():
             lr = degrade(hr, scale).to(device)
             factors = hypernet.factors(hypernet.summarise(lr, base))
+            deltas.append(torch.cat([(B @ A).flatten() for A, B in factors.values()]))
             row = {}
             for label in ("base", "hypernet"):
                 for lname, layer in layers.items():
@@ -182,8 +183,21 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
             for layer in layers.values():
                 layer.set_lora(None, None)
             scores[name] = row
+    # How much the LoRA depends on the clip: spread of the weight deltas across clips relative to their size
+    # (0 would be one constant LoRA for every clip: a fine-tune, not a memory).
+    d = torch.stack(deltas)
+    scores["lora_spread"] = float((d - d.mean(0)).norm() / d.norm().clamp(min=1e-12))
     hypernet.train()
     return scores
+
+
+def calibrate_standardiser(hypernet, base, sampler, rng, scale: int, degrade, device, clips: int = 64) -> None:
+    """Start the summary standardiser from the statistics of real training clips, not from 0 and 1."""
+    from .hypernet import Memory
+
+    with torch.no_grad():
+        vectors = torch.stack([Memory.read(hypernet.summarise(degrade(sampler.sample(rng)[0], scale).to(device), base)) for _ in range(clips)])
+    hypernet.standardise.calibrate(vectors)
 
 
 def train_hypernet(
@@ -223,6 +237,7 @@ def train_hypernet(
     start = resume(ckpt, hypernet, opt, sched, rng, device)
     log = open(out / "log.jsonl", "a")
     if start == 0:
+        calibrate_standardiser(hypernet, base, sampler, rng, scale, degrade, device)
         log.write(json.dumps({"step": 0, "val_y_psnr": validate_hypernet(hypernet, base, packed.validation, scale, device, degrade)}) + "\n")
     t0, running = time.time(), []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {preset.name} hypernet")
@@ -245,7 +260,8 @@ def train_hypernet(
             running = []
             log.write(json.dumps(entry) + "\n")
             log.flush()
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", gain=" ".join(f"{v['hypernet'] - v['base']:+.3f}" for v in scores.values()))
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", spread=f"{scores['lora_spread']:.3f}",
+                            gain=" ".join(f"{v['hypernet'] - v['base']:+.3f}" for v in scores.values() if isinstance(v, dict)))
             save_checkpoint(ckpt, hypernet, opt, sched, rng, step + 1)
     weights = out / f"{preset.name}.hypernet.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
