@@ -107,6 +107,11 @@ def test_cache_for_something_else_is_rebuilt_with_a_notice(rgb, tmp_path, capfd,
 def test_analyse_bad_input(rgb, tmp_path):
     with pytest.raises(vs.Error, match=r"hypersr\.analyse: clip is YUV420P8.*core\.resize\.Bicubic"):
         analyse(core.std.BlankClip(format=vs.YUV420P8, width=64, height=48, length=2))
+    a = core.std.BlankClip(format=vs.RGBS, width=32, height=32, length=2)
+    with pytest.raises(vs.Error, match="variable"):
+        analyse(core.std.Splice([a, core.std.BlankClip(a, width=48)], mismatch=True))
+    with pytest.raises(vs.Error, match="RGBS or RGBH"):
+        analyse(core.std.BlankClip(format=vs.RGB24, width=32, height=32, length=2))
     with pytest.raises(vs.Error, match="smaller than"):
         analyse(core.std.BlankClip(format=vs.RGBS, width=12, height=12, length=2))
     with pytest.raises(vs.Error, match="unknown preset"):
