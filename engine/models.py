@@ -18,6 +18,22 @@ def conv3x3(cin: int, cout: int) -> LoRAConv2d:
     return LoRAConv2d(cin, cout, 3, padding=1)
 
 
+class SharedFrameConv(LoRAConv2d):
+    """One conv applied to every frame of a window, run as a single grouped conv over the frames stacked
+    on the channel axis: its output is already the fusion's input layout, with no copies between (on
+    CPU the copies cost a quarter of the time). Input [N, frames*in, H, W] -> [N, frames*out, H, W]."""
+
+    def __init__(self, cin: int, cout: int, frames: int):
+        super().__init__(cin, cout, 3, padding=1)
+        self.frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)  # the layout the runtime chose
+        k = self.frames
+        return F.conv2d(x, self.effective_weight().repeat(k, 1, 1, 1), self.bias.repeat(k), padding=self.padding, groups=k)
+
+
 class ResBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
@@ -47,7 +63,7 @@ class FastVSR(nn.Module):
         if fusion == "early":
             self.head = conv3x3(3 * window, channels)
         else:
-            self.frame_features = conv3x3(3, channels)
+            self.frame_features = SharedFrameConv(3, channels, window)
             self.fuse = LoRAConv2d(channels * window, channels, 1)
         self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
         self.tail = conv3x3(channels, 3 * scale * scale)
@@ -60,14 +76,7 @@ class FastVSR(nn.Module):
         if self.fusion == "early":
             x = F.relu(self.head(window.reshape(n, t * c, h, w)))
         else:
-            # The shared per-frame conv as one grouped conv over the stacked frames: its output is already
-            # the fusion's input layout, with no copies between (they cost a quarter of the time on CPU).
-            ff = self.frame_features
-            stacked = window.reshape(n, t * c, h, w)
-            if ff.weight.is_contiguous(memory_format=torch.channels_last) and ff.weight.shape[1] > 1:
-                stacked = stacked.contiguous(memory_format=torch.channels_last)  # the layout the runtime chose
-            k = self.window  # == t; a constant, so exporters see the kernel's shape
-            feats = F.conv2d(stacked, ff.effective_weight().repeat(k, 1, 1, 1), ff.bias.repeat(k), padding=ff.padding, groups=k)
+            feats = self.frame_features(window.reshape(n, t * c, h, w))
             x = F.relu(self.fuse(F.relu(feats)))
         x = self.body(x) + x
         residual = F.pixel_shuffle(self.tail(x), self.scale)
