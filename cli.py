@@ -6,6 +6,7 @@ import argparse
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -344,8 +345,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    from .engine.files import INTERRUPTED
+
+    INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
         from .engine.runtime import keep_large_buffers
 

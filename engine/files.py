@@ -5,13 +5,21 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import HypersrError
 
 
+# Set by the `hypersr` command's SIGINT/SIGTERM handler. Python delivers the KeyboardInterrupt only when
+# the main thread next runs Python code, and a library may swallow it there; the flag cannot be lost, and
+# no output is completed once it is set (e.g. a LoRA of a stream cut short by Ctrl-C upstream).
+INTERRUPTED = threading.Event()
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename onto `path`: readers never see a half-written file."""
+    """Call write(tmp_path), then rename onto `path`: readers never see a half-written file, and nothing
+    is completed after an interrupt."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     try:
@@ -24,6 +32,8 @@ def atomic_write(path: str | os.PathLike, write) -> None:
     try:
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the result should look like any new file
         write(tmp)
+        if INTERRUPTED.is_set():
+            raise KeyboardInterrupt
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

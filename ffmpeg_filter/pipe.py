@@ -19,7 +19,7 @@ import numpy as np
 import vapoursynth as vs
 
 from ..engine.errors import HypersrError
-from ..engine.files import atomic_write, check_writable
+from ..engine.files import INTERRUPTED, atomic_write, check_writable
 from ..vsplugin import PAST_END
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
@@ -249,5 +249,7 @@ def run_analyse(input_path: str, output_path: str, preset: str | None, refine: i
         raise HypersrError(f"reading the input failed: {str(e).strip()}") from None
     if source.truncated:
         raise HypersrError(f"{source.truncated}; no LoRA written (analyse the complete clip)")
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt  # the input may have ended because the interrupt reached ffmpeg upstream too
     save_lora(lora, output_path)
     return lora

@@ -138,7 +138,7 @@ def test_interrupted_analysis_leaves_no_file(tmp_path):
     for _ in range(30):  # a stream that keeps going: the user presses Ctrl-C in the middle
         proc.stdin.write(body)
     proc.stdin.flush()
-    time.sleep(3)
+    time.sleep(6)  # past start-up (a fresh virtual environment compiles its imports first)
     proc.send_signal(signal.SIGINT)
     err = proc.communicate(timeout=60)[1].decode()
     assert proc.returncode == 130, err
