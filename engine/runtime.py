@@ -50,6 +50,21 @@ def keep_large_buffers() -> None:
         pass  # not glibc: nothing to tune
 
 
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the system (glibc's malloc_trim). Streaming through VapourSynth's
+    resizers fragments the heap: without this, `hypersr analyse` grew from 737 MB at 200 frames to
+    941 MB at 2,000 although nothing stays alive. The streaming loops call it every few dozen frames."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.malloc_trim  # noqa: B018  (glibc only)
+except (OSError, AttributeError):
+    _libc = None
+
+
 class Upscaler:
     """Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model at once, each on its
     own CUDA stream on a GPU. Frames larger than `tile` are processed in tiles overlapping by `tile_pad`

@@ -20,7 +20,8 @@ import vapoursynth as vs
 
 from ..engine.errors import HypersrError
 from ..engine.files import INTERRUPTED, atomic_write, check_writable
-from ..vsplugin import PAST_END
+from ..engine.runtime import release_free_memory
+from ..vsplugin import PAST_END, TRIM_EVERY
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
 
@@ -192,6 +193,8 @@ def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = No
             writer.write([np.asarray(f[p]) for p in range(f.format.num_planes)])
             written += 1
             bar.update()
+            if written % TRIM_EVERY == 0:
+                release_free_memory()
     out.flush()
     return written
 

@@ -71,9 +71,14 @@ def _frame_array(f: vs.VideoFrame):
     return np.stack([np.asarray(f[p], dtype=np.float32) for p in range(3)])
 
 
+TRIM_EVERY = 32  # frames between returns of freed memory to the system (engine.runtime.release_free_memory)
+
+
 def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = True, desc: str = "hypersr analyse", position: int | None = None):
     """The clip's frames as [3, H, W] float32 arrays, in order, up to `total` or a PAST_END marker."""
     from tqdm import tqdm
+
+    from ..engine.runtime import release_free_memory
 
     limit = clip.num_frames if total is None else total
     with tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True,
@@ -83,6 +88,8 @@ def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = T
                 break
             yield _frame_array(f)
             bar.update()
+            if n % TRIM_EVERY == TRIM_EVERY - 1:
+                release_free_memory()
 
 
 def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: int) -> str | None:
