@@ -299,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
     bs.set_defaults(func=cmd_bench_speed)
 
-    demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back, write the result and a comparison PNG")
+    demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back with both passes, write the results and a comparison PNG")
     demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")
     demo.add_argument("-o", "--out", default="demo-out")
     demo.add_argument("--preset", default=None)

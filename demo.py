@@ -1,8 +1,9 @@
-"""`hypersr demo`: shrink a sample clip (BI, x scale), upscale it back with `hypersr upscale`, compare.
+"""`hypersr demo`: shrink a sample clip (BI, x scale), upscale it back with hypersr's two passes, compare.
 
-Writes into the output folder: NAME_lr.y4m (the input made from the sample), NAME_xS.y4m (hypersr's
-result, made by the same code path as the `hypersr upscale` command) and NAME_compare.png (the same
-crops from bicubic, Lanczos, hypersr and the original, with each method's Y-PSNR over the clip).
+Writes into the output folder: NAME_lr.y4m (the input made from the sample), NAME.lora (pass one,
+`hypersr analyse --refine 10`), NAME_xS.y4m (pass two, `hypersr upscale --lora`), NAME_xS_one_pass.y4m
+(the base network alone) and NAME_compare.png (the same crops from bicubic, Lanczos, both hypersr
+results and the original, with each method's Y-PSNR over the clip). Same code paths as the commands.
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ import numpy as np
 import torch
 
 
+DEMO_REFINE = 10  # the best measured refine setting (README, "The medium-term memory")
+
+
 def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str | None = None) -> dict[str, float]:
     import vapoursynth as vs
 
     from .engine import data, presets
     from .engine.evaluate import baselines, comparison_png
     from .engine.metrics import y_psnr
-    from .ffmpeg_filter.pipe import open_input, run_upscale, write_y4m
+    from .ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
     from .ffmpeg_filter.y4m import Y4MHeader
     from .vsplugin.io import MATRIX_709, clip_from_array, clip_to_array, to_rgb
 
@@ -42,13 +46,18 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     with open(lr_path, "wb") as f:
         write_y4m(lr_yuv, Y4MHeader(lr.shape[3], lr.shape[2], "444", color_range="LIMITED"), f, progress=False)
 
+    # One pass (the base network), then the two passes: analyse (hypernet + --refine 10) and upscale --lora.
+    one_pass = out / f"{name}_x{p.scale}_one_pass.y4m"
+    run_upscale(str(lr_path), str(one_pass), p.name, None, device, MATRIX_709)
+    lora_path = out / f"{name}.lora"
+    run_analyse(str(lr_path), str(lora_path), p.name, DEMO_REFINE, device, MATRIX_709)
     sr_path = out / f"{name}_x{p.scale}.y4m"
-    run_upscale(str(lr_path), str(sr_path), p.name, None, device, MATRIX_709)
+    run_upscale(str(lr_path), str(sr_path), p.name, str(lora_path), device, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
     columns = {m: clip_to_array(fn(lr_rgb, p.scale)) for m, fn in baselines().items()}
-    sr_source = open_input(str(sr_path), MATRIX_709)
-    columns[f"hypersr {p.name}"] = clip_to_array(to_rgb(sr_source.clip, "RGBS", MATRIX_709)[: len(hr)])
+    for label, path in ((f"hypersr {p.name}", one_pass), (f"hypersr {p.name} two-pass", sr_path)):
+        columns[label] = clip_to_array(to_rgb(open_input(str(path), MATRIX_709).clip, "RGBS", MATRIX_709)[: len(hr)])
     columns["original"] = hr
 
     scores = {}
@@ -61,6 +70,6 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     png = out / f"{name}_compare.png"
     comparison_png(png, labelled, len(hr) // 2)
     for m, s in scores.items():
-        print(f"  {m:<20} Y-PSNR {s:6.2f} dB", file=sys.stderr)
+        print(f"  {m:<26} Y-PSNR {s:6.2f} dB", file=sys.stderr)
     print(f"wrote {sr_path} and {png}", file=sys.stderr)
     return scores
