@@ -225,6 +225,17 @@ def cmd_demo(args) -> None:
     run_demo(args.sample, args.out, args.preset, args.device)
 
 
+def training_parser(train, name: str, text: str, default_out: str) -> argparse.ArgumentParser:
+    """A `hypersr train` subcommand with the options every training run has."""
+    t = train.add_parser(name, help=text)
+    t.add_argument("--preset", default="fast-x2")
+    t.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sources are fetched to (default %(default)s)")
+    t.add_argument("--out", help=f"run directory (checkpoints, log); default {default_out}")
+    t.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
+    t.add_argument("--device", default="cpu")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hypersr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -316,12 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         d.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
-    tb = train.add_parser("base", help="train a base preset's network")
-    tb.add_argument("--preset", default="fast-x2")
-    tb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where sources are fetched to (default %(default)s)")
-    tb.add_argument("--out", help="run directory (checkpoints, log); default runs/PRESET")
-    tb.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz, built if missing)")
-    tb.add_argument("--device", default="cpu")
+    tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
     tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
     tb.add_argument("--steps", type=int)
     tb.add_argument("--batch", type=int)
@@ -330,12 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--seed", type=int)
     tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
     tb.set_defaults(func=cmd_train_base)
-    th = train.add_parser("hypernet", help="meta-train a preset's hypernet (its base weights frozen)")
-    th.add_argument("--preset", default="fast-x2")
-    th.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="default %(default)s")
-    th.add_argument("--out", help="run directory (checkpoints, log); default runs/PRESET-hypernet")
-    th.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
-    th.add_argument("--device", default="cpu")
+    th = training_parser(train, "hypernet", "meta-train a preset's hypernet (its base weights frozen)", "runs/PRESET-hypernet")
     th.add_argument("--steps", type=int)
     th.add_argument("--lr", type=float)
     th.add_argument("--seed", type=int)

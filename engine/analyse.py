@@ -22,7 +22,7 @@ import torch
 from . import presets
 from .errors import HypersrError
 from .hypernet import ClipSummary, downscale
-from .lora import LoRA, lora_layers
+from .lora import LoRA, lora_applied
 from .runtime import resolve_device
 
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
@@ -177,7 +177,6 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     device = next(base.parameters()).device
     params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in factors.items()}
     opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=REFINE_LR)
-    layers = lora_layers(base)
     data = torch.from_numpy(windows).to(device)
     held = torch.arange(len(data)) % 4 == 3 if len(data) >= 4 else torch.zeros(len(data), dtype=torch.bool)
     train, holdout = data[~held], data[held]
@@ -185,8 +184,6 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
 
     def loss_on(batch):
         small = downscale(batch.flatten(0, 1), scale).unflatten(0, batch.shape[:2])
-        for name, layer in layers.items():
-            layer.set_lora(*params[name])
         return charbonnier(base(small), batch[:, k])
 
     def snapshot():
@@ -196,7 +193,7 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
         with torch.no_grad():
             return loss_on(holdout).item() if len(holdout) else -1.0
 
-    try:
+    with lora_applied(base, params):  # Adam updates these very tensors in place
         best, best_loss = snapshot(), held_loss()
         for step in range(1, steps + 1):
             batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]
@@ -206,12 +203,8 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            if step % REFINE_CHECK == 0 or step == steps:
-                if (current := held_loss()) < best_loss or not len(holdout):
-                    best, best_loss = snapshot(), current
-    finally:
-        for layer in layers.values():
-            layer.set_lora(None, None)
+            if (step % REFINE_CHECK == 0 or step == steps) and ((current := held_loss()) < best_loss or not len(holdout)):
+                best, best_loss = snapshot(), current
     return best
 
 

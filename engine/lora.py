@@ -7,6 +7,7 @@ so that pass two costs exactly the base model; `unmerge()` restores W bit for bi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -89,6 +90,20 @@ class LoRAConv2d(nn.Conv2d):
 def lora_layers(model: nn.Module) -> dict[str, LoRAConv2d]:
     """The adapted layers of a model, by their module name (the names a LoRA file uses)."""
     return {name: m for name, m in model.named_modules() if isinstance(m, LoRAConv2d)}
+
+
+@contextlib.contextmanager
+def lora_applied(model: nn.Module, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]):
+    """The factors on the model's layers, unmerged, for the duration of the block (gradients flow into
+    them); the layers carry no LoRA afterwards."""
+    layers = lora_layers(model)
+    for name, layer in layers.items():
+        layer.set_lora(*factors[name])
+    try:
+        yield model
+    finally:
+        for layer in layers.values():
+            layer.set_lora(None, None)
 
 
 def merge_all(model: nn.Module) -> None:

@@ -29,6 +29,11 @@ def resolve_device(device: str | None) -> torch.device:
     return dev
 
 
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.mallopt, _libc.malloc_trim  # noqa: B018  (glibc only)
+except (OSError, AttributeError):
+    _libc = None
 _malloc_tuned = False
 
 
@@ -38,16 +43,12 @@ def keep_large_buffers() -> None:
     cost as much as the convolutions: a 640x360 frame on CPU took 396 ms, 182 ms with this (2 cores).
     The `hypersr` command calls this before VapourSynth starts its threads, so they share one arena."""
     global _malloc_tuned
-    if _malloc_tuned:
+    if _malloc_tuned or _libc is None:  # not glibc: nothing to tune
         return
     _malloc_tuned = True
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: its maximum; fixing it also stops the adaptation
-        libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of freed memory for reuse
-        libc.mallopt(-8, 1)  # M_ARENA_MAX: threads started from now on share the main arena tuned above
-    except (OSError, AttributeError):
-        pass  # not glibc: nothing to tune
+    _libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD: its maximum; fixing it also stops the adaptation
+    _libc.mallopt(-1, 256 << 20)  # M_TRIM_THRESHOLD: keep up to 256 MB of freed memory for reuse
+    _libc.mallopt(-8, 1)  # M_ARENA_MAX: threads started from now on share the main arena tuned above
 
 
 def release_free_memory() -> None:
@@ -56,13 +57,6 @@ def release_free_memory() -> None:
     941 MB at 2,000 although nothing stays alive. The streaming loops call it every few dozen frames."""
     if _libc is not None:
         _libc.malloc_trim(0)
-
-
-try:
-    _libc = ctypes.CDLL("libc.so.6")
-    _libc.malloc_trim  # noqa: B018  (glibc only)
-except (OSError, AttributeError):
-    _libc = None
 
 
 class Upscaler:

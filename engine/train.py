@@ -147,42 +147,29 @@ HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "targets": 2
 
 def clip_loss(hypernet, base, hr: torch.Tensor, cuts: list[int], scale: int, degrade, centres: list[int]) -> torch.Tensor:
     """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier."""
-    from .lora import lora_layers
+    from .lora import lora_applied
 
     lr = degrade(hr, scale)
-    factors = hypernet.factors(hypernet.summarise(lr, base))
-    layers = lora_layers(base)
-    for name, layer in layers.items():
-        layer.set_lora(*factors[name])
-    try:
-        idx = data.shot_windows(centres, cuts, len(hr), base.window)
+    idx = data.shot_windows(centres, cuts, len(hr), base.window)
+    with lora_applied(base, hypernet.factors(hypernet.summarise(lr, base))):
         return charbonnier(base(lr[idx]), hr[centres])
-    finally:
-        for layer in layers.values():
-            layer.set_lora(None, None)
 
 
 def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int, device, degrade) -> dict[str, dict[str, float]]:
     """Y-PSNR of base alone and base + the hypernet's LoRA for each (subsampled) validation clip."""
-    from .lora import lora_layers
+    from .lora import lora_applied
 
     hypernet.eval()
     scores, deltas = {}, []
-    layers = lora_layers(base)
     with torch.inference_mode():
         for name, hr in clips.items():
             lr = degrade(hr, scale).to(device)
             factors = hypernet.factors(hypernet.summarise(lr, base))
             deltas.append(torch.cat([(B @ A).flatten() for A, B in factors.values()]))
-            row = {}
-            for label in ("base", "hypernet"):
-                for lname, layer in layers.items():
-                    layer.set_lora(*factors[lname]) if label == "hypernet" else layer.set_lora(None, None)
-                sr = data.quantise(upscale_clip(base, lr)).cpu()
-                row[label] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
-            for layer in layers.values():
-                layer.set_lora(None, None)
-            scores[name] = row
+            sr = data.quantise(upscale_clip(base, lr)).cpu()
+            with lora_applied(base, factors):
+                sr_adapted = data.quantise(upscale_clip(base, lr)).cpu()
+            scores[name] = {label: float(np.mean([y_psnr(a, b) for a, b in zip(out, hr)])) for label, out in (("base", sr), ("hypernet", sr_adapted))}
     # How much the LoRA depends on the clip: spread of the weight deltas across clips relative to their size
     # (0 would be one constant LoRA for every clip: a fine-tune, not a memory).
     d = torch.stack(deltas)

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, run_hypersr
 from hypersr.engine import presets
 from hypersr.engine.analyse import Analyser, analyse_frames, summary_of
@@ -98,7 +97,7 @@ def test_refine_lowers_the_self_supervised_loss(sample_hr):
     """Test-time training does what it claims: the loss on the clip's own pairs goes down."""
     from hypersr.engine.analyse import refine_factors
     from hypersr.engine.hypernet import downscale
-    from hypersr.engine.lora import lora_layers
+    from hypersr.engine.lora import lora_applied
     from hypersr.engine.train import charbonnier
 
     analyser = Analyser("fast-x2", refine=1)
@@ -107,17 +106,11 @@ def test_refine_lowers_the_self_supervised_loss(sample_hr):
     windows = np.stack(analyser._windows)
     with torch.no_grad():
         start = analyser.hypernet.factors(analyser.summary)
-    layers = lora_layers(analyser.base)
 
     def loss(factors):
-        for name, layer in layers.items():
-            layer.set_lora(*factors[name])
         x = torch.from_numpy(windows)
-        with torch.no_grad():
-            value = charbonnier(analyser.base(downscale(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])), x[:, 1]).item()
-        for layer in layers.values():
-            layer.set_lora(None, None)
-        return value
+        with torch.no_grad(), lora_applied(analyser.base, factors):
+            return charbonnier(analyser.base(downscale(x.flatten(0, 1), 2).unflatten(0, x.shape[:2])), x[:, 1]).item()
 
     refined = refine_factors(analyser.base, start, windows, 20, 2, np.random.default_rng(0))
     assert loss(refined) < loss(start)
