@@ -28,7 +28,7 @@ def cmd_train_base(args) -> None:
     arch = dict(preset.card["architecture"])
     for item in args.arch or []:  # experiments: --arch channels=48 --arch fusion=perframe
         key, _, value = item.partition("=")
-        arch[key] = int(value) if value.isdigit() else value
+        arch[key] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)
     out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
     if args.install and arch != preset.card["architecture"]:
@@ -92,7 +92,7 @@ def cmd_upscale(args) -> None:
     from .ffmpeg_filter.pipe import run_upscale
 
     matrix = {"709": 1, "601": 6, "2020": 9, None: None}[args.matrix]
-    n = run_upscale(args.input, args.output, args.preset, args.lora, args.device, matrix, progress=not args.quiet)
+    n = run_upscale(args.input, args.output, args.preset, args.lora, args.device, matrix, progress=not args.quiet, backend=args.backend)
     if not args.quiet:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
 
@@ -205,7 +205,7 @@ def cmd_bench_speed(args) -> None:
     rows, peaks = bench_speed.bench(args.preset or ["fast-x2", "fast-x4"], backends, args.frames, sizes,
                                     progress=lambda line: print(line, file=sys.stderr))
     print(bench_speed.table(rows, peaks))
-    machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads" + (f"; GPU: {torch.cuda.get_device_name()}" if "cuda" in backends else "")
+    machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads" + (f"; GPU: {torch.cuda.get_device_name()}" if {"cuda", "trt"} & set(backends) else "")
     print("measured peak: " + ", ".join(f"{b} {g:.0f} GFLOP/s" for b, g in peaks.items()) + f"; {machine}; torch {torch.__version__}")
 
 
@@ -246,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--preset", default=None, help="default: fast-x2")
     up.add_argument("--lora", help="LoRA file for this clip, from `hypersr analyse`")
     up.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    up.add_argument("--backend", choices=["auto", "cpu", "cuda", "trt"], default="auto",
+                    help="cpu: PyTorch fp32; cuda: PyTorch fp16; trt: Torch-TensorRT, needs the [trt] extra (default auto: cuda when available)")
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)
@@ -305,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default fast-x2 and fast-x4)")
-    bs.add_argument("--backend", action="append", choices=["cpu", "cuda"], help="repeatable; default cpu, and cuda when there is a GPU")
+    bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
     bs.add_argument("--frames", type=int, default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
     bs.set_defaults(func=cmd_bench_speed)

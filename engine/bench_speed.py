@@ -66,21 +66,22 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
         export_onnx(onnx, preset)
         out = vs.core.ort.Model(window_clips(clip, p.window // 2), network_path=onnx, provider="CPU")
     else:
-        out = upscale(clip, preset=preset, device=backend)
+        out = upscale(clip, preset=preset, backend=backend)
     out.get_frame(0)  # warm-up (and, for ORT, session creation)
     t0 = time.perf_counter()
     for n in range(1, frames + 1):
         out.get_frame(n)
     seconds = (time.perf_counter() - t0) / frames
     row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * presets.complexity(p)["macs_per_input_pixel"] * w * h / seconds / 1e9}
-    if backend == "cuda":
+    gpu = backend in ("cuda", "trt")
+    if gpu:
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if backend != "vs-mlrt-ort":  # pass one on the same frames
         from .analyse import Analyser
 
-        analyser = Analyser(preset, device=backend)
+        analyser = Analyser(preset, device="cuda" if gpu else "cpu")
         lr = np.random.default_rng(1).random((frames + 1, 3, h, w), dtype=np.float32)
         analyser.update(lr[0])
         t0 = time.perf_counter()
@@ -107,7 +108,7 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
         if "error" in r:
             lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['error']} | | | | | |")
             continue
-        peak = peaks.get("cuda" if r["backend"] == "cuda" else "cpu")
+        peak = peaks.get("cuda" if r["backend"] in ("cuda", "trt") else "cpu")
         pct = f" ({r['gflops'] / peak:.0%})" if peak else ""
         one = f"{r['pass_one_fps']:.1f}" if "pass_one_fps" in r else ""
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
@@ -119,7 +120,7 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
 def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print) -> tuple[list[dict], dict]:
     from . import presets
 
-    peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if "cuda" in backends else [])}}
+    peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if {"cuda", "trt"} & set(backends) else [])}}
     rows = []
     for name in presets_:
         p = presets.get(name)

@@ -84,30 +84,20 @@ class FastVSR(nn.Module):
         return base + residual
 
 
-ARCHITECTURES = {"fast": FastVSR}
-
-
 def build_model(arch: dict) -> nn.Module:
     """Build a base network from a model card's `architecture` entry: {"type": "fast", ...kwargs}."""
+    from .vsrt import VSRT  # it builds on this module's layers
+
     arch = dict(arch)
     kind = arch.pop("type")
-    return ARCHITECTURES[kind](**arch)
+    return {"fast": FastVSR, "vsrt": VSRT}[kind](**arch)
 
 
-def macs_per_lr_pixel(model: nn.Module, size: int = 16) -> int:
-    """Multiply-accumulates of all convolutions per LR input pixel, counted on a real forward pass
-    (so convolutions applied once per frame count once per frame)."""
-    total = 0
+def macs_per_lr_pixel(model: nn.Module, size: int = 32) -> int:
+    """Multiply-accumulates per LR input pixel of the convolutions and matrix products (attention),
+    counted by torch's FlopCounterMode on a real forward pass."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    def count(m, inputs, output):
-        nonlocal total
-        total += output.numel() * m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-
-    hooks = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    try:
-        with torch.no_grad():
-            model(torch.zeros(1, model.window, 3, size, size))
-    finally:
-        for h in hooks:
-            h.remove()
-    return round(total / (size * size))
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, model.window, 3, size, size))
+    return round(counter.get_total_flops() / 2 / (size * size))

@@ -6,7 +6,6 @@ centre frame back; they never touch torch themselves.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import queue
 
@@ -14,6 +13,13 @@ import numpy as np
 import torch
 
 from . import presets
+from .backends import (
+    CpuBackend,
+    CudaBackend,
+    TrtBackend,
+    import_torch_tensorrt,
+    resolve_backend,
+)
 from .errors import HypersrError
 from .lora import LoRA
 
@@ -60,49 +66,69 @@ def release_free_memory() -> None:
 
 
 class Upscaler:
-    """Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model at once, each on its
-    own CUDA stream on a GPU. Frames larger than `tile` are processed in tiles overlapping by `tile_pad`
-    LR pixels, which covers the network's receptive field, so tiled output equals untiled output."""
+    """Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model at once, each with
+    its own slot of the backend (on a GPU: a CUDA stream and pinned buffers). Frames larger than `tile`
+    are processed in tiles overlapping by `tile_pad` LR pixels; for networks whose receptive field that
+    covers (the fast presets) tiled output equals untiled output.
+
+    backend: auto, cpu, cuda or trt (engines/backends.py). trt needs `frame_size` (width, height) to build
+    its engine profile; the cache lives in `trt_cache_dir` (default ~/.cache/hypersr/trt)."""
 
     def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, device: str | None = None,
-                 num_streams: int = 1, tile: int | None = None, tile_pad: int = 16):
+                 num_streams: int = 1, tile: int | None = None, tile_pad: int = 16, backend: str | None = None,
+                 frame_size: tuple[int, int] | None = None, trt_cache_dir: str | None = None, cuda_graphs: bool = False):
         self.preset = presets.get(preset)
+        if backend == "trt":
+            import_torch_tensorrt()  # its install hint first: without it, nothing else matters
+        if backend in ("cuda", "trt") and device in (None, "auto"):
+            device = "cuda"
         self.device = resolve_device(device)
+        self.backend_name = resolve_backend(backend, self.device)
         if num_streams < 1:
             raise HypersrError(f"num_streams must be at least 1, not {num_streams}")
         if tile is not None and tile < self.preset.min_size:
             raise HypersrError(f"tile {tile} is below preset {self.preset.name}'s minimum frame size {self.preset.min_size}")
         if tile_pad < 0:
             raise HypersrError(f"tile_pad must not be negative, not {tile_pad}")
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        if self.device.type == "cpu":
+        if self.backend_name == "cpu":
             keep_large_buffers()
         # channels_last: oneDNN's fast path on CPU (480x270 frame: 223 -> 159 ms with the grouped per-frame
         # conv in models.py) and tensor cores on GPU. torch.compile measured 148 ms on the same frame but
         # costs 6-20 s of compilation per frame size, so it is not used.
-        self.model = presets.load_model(self.preset, lora, device=str(self.device)).to(self.dtype, memory_format=torch.channels_last)
+        model = presets.load_model(self.preset, lora, device=str(self.device))
+        if self.backend_name == "cpu":
+            self.backend = CpuBackend(model)
+        elif self.backend_name == "cuda":
+            self.backend = CudaBackend(model, self.device, cuda_graphs and not tile)
+        else:
+            if frame_size is None:
+                raise HypersrError("the trt backend needs the frame size to build its engine")
+            base = presets.load_model(self.preset, device=str(self.device)) if lora is not None else model
+            size = (min(tile + 2 * tile_pad, frame_size[0]), min(tile + 2 * tile_pad, frame_size[1])) if tile else frame_size
+            self.backend = TrtBackend(base, model if lora is not None else None, self.preset, self.device, size, trt_cache_dir)
+        self.model = self.backend.model
         self.scale, self.window = self.preset.scale, self.preset.window
         self.tile, self.tile_pad = tile, tile_pad
         self._slots: queue.Queue = queue.Queue()
         for _ in range(num_streams):
-            self._slots.put(torch.cuda.Stream(self.device) if self.device.type == "cuda" else None)
+            self._slots.put(self.backend.new_slot())
 
     def check_size(self, width: int, height: int) -> None:
         m = self.preset.min_size
         if width < m or height < m:
             raise HypersrError(f"frames of {width}x{height} are smaller than preset {self.preset.name}'s minimum of {m}x{m}; upscale larger video")
 
-    def _tiled(self, x: torch.Tensor) -> torch.Tensor:
+    def _tiled(self, x: torch.Tensor, slot) -> torch.Tensor:
         h, w = x.shape[-2:]
         t, pad, s = self.tile, self.tile_pad, self.scale
         if not t or (h <= t and w <= t):
-            return self.model(x)
+            return self.backend.forward(x, slot)
         out = torch.empty(x.shape[0], 3, h * s, w * s, device=x.device, dtype=x.dtype)
         for y0 in range(0, h, t):
             for x0 in range(0, w, t):
                 y1, x1 = min(y0 + t, h), min(x0 + t, w)
                 py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, h), min(x1 + pad, w)
-                res = self.model(x[..., py0:py1, px0:px1])
+                res = self.backend.forward(x[..., py0:py1, px0:px1], slot)
                 oy, ox = (y0 - py0) * s, (x0 - px0) * s
                 out[..., y0 * s : y1 * s, x0 * s : x1 * s] = res[..., oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
         return out
@@ -111,11 +137,9 @@ class Upscaler:
     def __call__(self, window: np.ndarray | list[np.ndarray]) -> np.ndarray:
         """window: [2k+1, 3, H, W] float32 RGB (or a list of [3, H, W]) -> the centre frame upscaled,
         [3, sH, sW] float32."""
-        stream = self._slots.get()
+        window = np.ascontiguousarray(window if isinstance(window, np.ndarray) else np.stack(window), dtype=np.float32)
+        slot = self._slots.get()
         try:
-            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-                x = torch.from_numpy(np.asarray(window) if isinstance(window, np.ndarray) else np.stack(window))[None].to(self.device, self.dtype)
-                y = self._tiled(x)[0].clamp_(0, 1).float().cpu().numpy()
+            return self.backend.to_host(self._tiled(self.backend.to_device(window, slot), slot), slot)
         finally:
-            self._slots.put(stream)
-        return y
+            self._slots.put(slot)

@@ -94,6 +94,7 @@ def train_base(
     val_every: int = 250,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale, window = arch["scale"], arch["window"]

@@ -199,7 +199,8 @@ def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = No
     return written
 
 
-def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None, progress: bool = True) -> int:
+def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None,
+                progress: bool = True, backend: str | None = None) -> int:
     """The `hypersr upscale` command. Returns the number of frames written."""
     from ..vsplugin import upscale
 
@@ -207,7 +208,7 @@ def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str
     if source.header.interlace in ("t", "b") and progress:
         print("hypersr: note: the input is interlaced; hypersr upscales whole frames, so deinterlace first for best results", file=sys.stderr)
     try:
-        out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device))
+        out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device, backend=backend))
     except vs.Error as e:
         raise HypersrError(str(e).removeprefix("hypersr.upscale: ")) from None
 

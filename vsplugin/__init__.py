@@ -165,14 +165,18 @@ def upscale(
     tile: int | None = None,
     tile_pad: int = 16,
     device: str | None = None,
+    backend: str | None = None,
+    cuda_graphs: bool = False,
 ) -> vs.VideoNode:
     """Upscale an RGBS / RGBH clip by the preset's scale; frame n sees frames n-k..n+k.
 
     lora: a LoRA file path (from `hypersr analyse`) or a loaded LoRA. device_index: the CUDA GPU to use;
-    by default the first GPU when there is one, else the CPU (device="cpu" forces the CPU). num_streams:
-    frames in flight at once. tile / tile_pad: process frames in tiles of tile x tile LR pixels that
-    overlap by tile_pad (for frames that do not fit in GPU memory); the output is the same. Frame
-    properties of each source frame are kept.
+    by default the first GPU when there is one, else the CPU (device="cpu" forces the CPU). backend:
+    auto, cpu, cuda or trt (trt=True is the same as backend="trt"; engines are cached in trt_cache_dir).
+    num_streams: frames in flight at once (on a GPU, one CUDA stream each). cuda_graphs: replay the
+    network as a CUDA graph (backend cuda). tile / tile_pad: process frames in tiles of tile x tile LR
+    pixels that overlap by tile_pad (for frames that do not fit in GPU memory); for the fast presets the
+    output is the same. Frame properties of each source frame are kept.
     """
     import numpy as np
 
@@ -180,15 +184,11 @@ def upscale(
 
     _check_rgb(clip, "upscale")
     if trt:
-        try:
-            import torch_tensorrt  # noqa: F401
-        except ImportError:
-            raise vs.Error("hypersr.upscale: trt=True needs Torch-TensorRT: pip install 'hypersr[trt]' (or use trt=False)") from None
-        raise vs.Error("hypersr.upscale: the TensorRT backend is not part of this release yet; use trt=False")
+        backend = "trt"
     if device_index is not None:
         device = f"cuda:{device_index}"
     try:
-        engine = Upscaler(preset, lora, device, num_streams, tile, tile_pad)
+        engine = Upscaler(preset, lora, device, num_streams, tile, tile_pad, backend, (clip.width, clip.height), trt_cache_dir, cuda_graphs)
         engine.check_size(clip.width, clip.height)
     except HypersrError as e:
         raise vs.Error(f"hypersr.upscale: {e}") from None

@@ -1,0 +1,238 @@
+"""Pass two's backends: the same network (LoRA merged), run three ways.
+
+    cpu   PyTorch fp32, channels_last, inference mode.
+    cuda  PyTorch fp16 on an NVIDIA GPU, channels_last; each concurrent caller has its own CUDA stream and
+          pinned host buffers, so one frame's copies overlap another's compute; optional CUDA graphs.
+    trt   Torch-TensorRT (dynamo): an fp16 engine with a dynamic-shape profile, cached on disk under a key
+          of everything that changes an engine. The engine is built refittable from the base weights, so a
+          clip's LoRA refits it instead of rebuilding it.
+
+`auto` is cuda when torch sees a GPU, else cpu (trt is chosen explicitly: its first build takes minutes).
+The Upscaler (runtime.py) owns one backend and the thread-safety and tiling around it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import HypersrError
+from .files import atomic_write, sha256_file
+
+BACKENDS = ("cpu", "cuda", "trt")
+TRT_INSTALL = "pip install 'hypersr[trt]'"
+
+
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The backend to run on `device` (already resolved), with a clear error for impossible choices."""
+    if backend in (None, "auto"):
+        return "cuda" if device.type == "cuda" else "cpu"
+    if backend not in BACKENDS:
+        raise HypersrError(f"unknown backend {backend!r}; use auto, {', '.join(BACKENDS)}")
+    if backend == "trt":
+        import_torch_tensorrt()
+    if backend in ("cuda", "trt") and device.type != "cuda":
+        raise HypersrError(f"backend {backend} runs on an NVIDIA GPU, and torch sees none here (or device cpu was asked for); use backend cpu")
+    if backend == "cpu" and device.type != "cpu":
+        raise HypersrError(f"backend cpu cannot run on {device}; leave the device out or use backend cuda")
+    return backend
+
+
+def import_torch_tensorrt():
+    """torch_tensorrt, imported only when the trt backend is chosen."""
+    try:
+        import tensorrt  # noqa: F401
+        import torch_tensorrt
+    except ImportError as e:
+        raise HypersrError(f"the trt backend needs TensorRT and Torch-TensorRT ({e.name} is missing): {TRT_INSTALL}, "
+                           "or use backend cuda") from None
+    return torch_tensorrt
+
+
+class CpuBackend:
+    def __init__(self, model: torch.nn.Module):
+        self.device, self.dtype = torch.device("cpu"), torch.float32
+        self.model = model.to(memory_format=torch.channels_last)
+
+    def new_slot(self):
+        return None
+
+    def to_device(self, window: np.ndarray, slot) -> torch.Tensor:
+        return torch.from_numpy(window)[None]
+
+    def forward(self, x: torch.Tensor, slot) -> torch.Tensor:
+        return self.model(x)
+
+    def to_host(self, y: torch.Tensor, slot) -> np.ndarray:
+        return y[0].clamp_(0, 1).numpy()
+
+
+@dataclass
+class CudaSlot:
+    """One concurrent caller's CUDA stream, pinned host buffers and captured graphs (all keyed by shape)."""
+
+    stream: torch.cuda.Stream
+    pinned_in: dict = field(default_factory=dict)
+    pinned_out: dict = field(default_factory=dict)
+    graphs: dict = field(default_factory=dict)
+
+
+class CudaBackend:
+    def __init__(self, model: torch.nn.Module, device: torch.device, cuda_graphs: bool = False):
+        self.device, self.dtype = device, torch.float16
+        self.model = model.to(device, torch.float16, memory_format=torch.channels_last)
+        self.cuda_graphs = cuda_graphs
+
+    def new_slot(self) -> CudaSlot:
+        return CudaSlot(torch.cuda.Stream(self.device))
+
+    def to_device(self, window: np.ndarray, slot: CudaSlot) -> torch.Tensor:
+        host = slot.pinned_in.get(window.shape)
+        if host is None:
+            host = slot.pinned_in[window.shape] = torch.empty(window.shape, dtype=torch.float32, pin_memory=True)
+        host.numpy()[...] = window
+        with torch.cuda.stream(slot.stream):
+            return host.to(self.device, non_blocking=True)[None].to(self.dtype)
+
+    def forward(self, x: torch.Tensor, slot: CudaSlot) -> torch.Tensor:
+        with torch.cuda.stream(slot.stream):
+            if not self.cuda_graphs:
+                return self.model(x)
+            graph = slot.graphs.get(x.shape)
+            if graph is None:  # capture once per shape: warm up on the slot's stream, then record
+                static_in = x.clone()
+                self.model(static_in)
+                g = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(g, stream=slot.stream):
+                    static_out = self.model(static_in)
+                graph = slot.graphs[x.shape] = (g, static_in, static_out)
+            g, static_in, static_out = graph
+            static_in.copy_(x)
+            g.replay()
+            return static_out
+
+    def to_host(self, y: torch.Tensor, slot: CudaSlot) -> np.ndarray:
+        shape = tuple(y.shape[1:])
+        host = slot.pinned_out.get(shape)
+        if host is None:
+            host = slot.pinned_out[shape] = torch.empty(shape, dtype=torch.float32, pin_memory=True)
+        with torch.cuda.stream(slot.stream):
+            host.copy_(y[0].clamp(0, 1), non_blocking=True)
+        slot.stream.synchronize()
+        return host.numpy().copy()
+
+
+# --- TensorRT ----------------------------------------------------------------------------------------
+
+def trt_profile(width: int, height: int, min_size: int, bucket: int = 256) -> dict[str, tuple[int, int]]:
+    """The engine's dynamic-shape profile (height, width) for frames of width x height: from the preset's
+    minimum up to the frame size rounded up to `bucket`, so clips of nearby sizes share one engine."""
+    top = (-(-height // bucket) * bucket, -(-width // bucket) * bucket)
+    return {"min": (min_size, min_size), "opt": top, "max": top}
+
+
+def trt_engine_key(arch: dict, base_sha256: str, profile: dict, precision: str, gpu: str, tensorrt_version: str,
+                   torch_tensorrt_version: str, torch_version: str) -> str:
+    """The cache key of a TensorRT engine: a hash of everything that changes the engine. A clip's LoRA is
+    not part of it: engines are refittable and refitted with the merged weights."""
+    fields = {"arch": arch, "base_sha256": base_sha256, "profile": {k: list(v) for k, v in profile.items()}, "precision": precision,
+              "gpu": gpu, "tensorrt": tensorrt_version, "torch_tensorrt": torch_tensorrt_version, "torch": torch_version}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
+class EngineCache:
+    """Engines on disk: KEY.engine beside KEY.json (the engine's SHA-256 and what the key was made of).
+    Both are written atomically; an entry whose engine does not match its record, or does not load, is
+    removed and rebuilt."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def paths(self, key: str) -> tuple[Path, Path]:
+        return self.root / f"{key}.engine", self.root / f"{key}.json"
+
+    def get(self, key: str, load):
+        engine, record = self.paths(key)
+        if not engine.exists() or not record.exists():
+            return None
+        try:
+            if json.loads(record.read_text())["sha256"] != sha256_file(engine):
+                raise ValueError("the engine does not match its record")
+            return load(engine)
+        except Exception as e:  # noqa: BLE001  (damaged in any way: rebuild)
+            print(f"hypersr: cached TensorRT engine {engine.name} is damaged ({e}); rebuilding it", file=sys.stderr)
+            engine.unlink(missing_ok=True)
+            record.unlink(missing_ok=True)
+            return None
+
+    def put(self, key: str, save, about: dict) -> Path:
+        engine, record = self.paths(key)
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write(engine, save)
+        text = json.dumps({"sha256": sha256_file(engine), **about}, indent=2) + "\n"
+        atomic_write(record, lambda tmp: Path(tmp).write_text(text))
+        return engine
+
+
+def default_trt_cache() -> Path:
+    return Path.home() / ".cache" / "hypersr" / "trt"
+
+
+class TrtBackend(CudaBackend):
+    """Torch-TensorRT engine for the preset's base weights, refitted with the merged LoRA weights.
+    `build_s` / `refit_s` record what the engine cost (None when it came from the cache / had no LoRA)."""
+
+    def __init__(self, base: torch.nn.Module, merged: torch.nn.Module | None, preset, device: torch.device, frame_size: tuple[int, int],
+                 cache_dir: str | Path | None = None):
+        torch_tensorrt = import_torch_tensorrt()
+        import tensorrt
+
+        super().__init__(base, device)
+        self.build_s = self.refit_s = None
+        w, h = frame_size
+        profile = trt_profile(w, h, preset.min_size)
+        t = preset.window
+        shapes = {k: (1, t, 3, *v) for k, v in profile.items()}
+        key = trt_engine_key(preset.card["architecture"], preset.sha256, profile, "fp16", torch.cuda.get_device_name(device),
+                             tensorrt.__version__, torch_tensorrt.__version__, torch.__version__)
+        cache = EngineCache(cache_dir or default_trt_cache())
+        example = torch.rand(shapes["opt"], device=device, dtype=torch.float16)
+        dims = {"window": {3: torch.export.Dim("height", min=shapes["min"][3], max=shapes["max"][3]),
+                           4: torch.export.Dim("width", min=shapes["min"][4], max=shapes["max"][4])}}
+        module = cache.get(key, lambda path: torch_tensorrt.load(str(path)).module())
+        if module is None:
+            t0 = time.perf_counter()
+            program = torch.export.export(_Windowed(self.model), (example,), dynamic_shapes=dims)
+            inputs = [torch_tensorrt.Input(min_shape=shapes["min"], opt_shape=shapes["opt"], max_shape=shapes["max"], dtype=torch.float16)]
+            module = torch_tensorrt.dynamo.compile(program, inputs=inputs, enabled_precisions={torch.float16}, immutable_weights=False)
+            cache.put(key, lambda tmp: torch_tensorrt.save(module, tmp, output_format="exported_program", arg_inputs=[example]),
+                      {"preset": preset.name, "profile": shapes, "gpu": torch.cuda.get_device_name(device)})
+            self.build_s = time.perf_counter() - t0
+        if merged is not None:  # the clip's LoRA: new weights into the same engine
+            t0 = time.perf_counter()
+            weights = torch.export.export(_Windowed(merged.to(device, torch.float16, memory_format=torch.channels_last)), (example,), dynamic_shapes=dims)
+            module = torch_tensorrt.dynamo.refit_module_weights(module, weights, arg_inputs=[example])
+            self.refit_s = time.perf_counter() - t0
+        self.engine = module
+
+    def forward(self, x: torch.Tensor, slot: CudaSlot) -> torch.Tensor:
+        with torch.cuda.stream(slot.stream):
+            return self.engine(x)
+
+
+class _Windowed(torch.nn.Module):
+    """The model with its input named `window` (the name the dynamic-shape spec uses)."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        return self.model(window)

@@ -1,0 +1,227 @@
+"""The quality family (`vsrt-x2`): the Video Super-Resolution Transformer (Cao et al., 2021), scaled down
+so that it trains on a CPU.
+
+    window [N, T, 3, H, W] -> per-frame features -> layers x (STCSA, then BOFF) -> centre frame's features
+    -> residual blocks -> pixel shuffle -> + bicubic of the centre frame
+
+- STCSA (spatial-temporal convolutional self-attention): Q, K and V are three 3x3 convolutions of the
+  feature maps of all T frames. Each map is cut into patches of `patch` x `patch` pixels, one token of
+  C*patch*patch values per patch, and one attention head runs over the patches of all T frames. The
+  result is folded back, passed through a 3x3 output conv and added to the input, then layer-normalised.
+  The paper attends over whole frames; here attention runs inside `region` x `region` squares (the same
+  square of every frame of the window), so that cost is linear in frame area as well as clip length.
+- Spatio-temporal positional encoding: sinusoidal over t, y and x, a third of the channels each, added
+  before Q and K. y and x are positions inside the attention square, so the encoding (and the network)
+  is the same wherever a square falls in the frame.
+- BOFF (bidirectional optical-flow feed-forward): a SPyNet-style pyramid flow network, trained with the
+  model, estimates flow between neighbouring LR frames; a backward and a forward recurrent residual
+  network propagate features along the window, each warping the previous state by the flow, and a 1x1
+  conv fuses both directions. The last layer only needs the centre frame, so it propagates from each end
+  of the window to the centre and estimates only the T-1 flows that this uses.
+
+Every convolution outside the flow network is a LoRAConv2d, so clip LoRAs and the hypernet adapt it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import LoRAConv2d
+from .models import ResBlock, conv3x3
+
+
+def positional_encoding(frames: int, height: int, width: int, channels: int, region: int) -> torch.Tensor:
+    """[frames, channels, height, width]: channels [0, d) encode t, [d, 2d) y and [2d, 3d) x (d = channels/3),
+    each as sin of d/2 frequencies then cos of the same, frequency k being 1 / 1000^(2k/d)."""
+    if channels % 6:
+        raise ValueError(f"positional encoding needs channels divisible by 6, not {channels}")
+    d = channels // 3
+    freq = 1000.0 ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # [d/2]
+
+    def encode(pos: torch.Tensor) -> torch.Tensor:  # [L] -> [d, L]
+        angle = freq[:, None] * pos[None].float()
+        return torch.cat([angle.sin(), angle.cos()])
+
+    t = encode(torch.arange(frames))[:, :, None, None].expand(d, frames, height, width)
+    y = encode(torch.arange(height) % region)[:, None, :, None].expand(d, frames, height, width)
+    x = encode(torch.arange(width) % region)[:, None, None, :].expand(d, frames, height, width)
+    return torch.cat([t, y, x]).transpose(0, 1).contiguous()
+
+
+def layer_norm_2d(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
+    """LayerNorm over the channels of each pixel of [B, C, H, W]."""
+    return norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class STCSA(nn.Module):
+    def __init__(self, channels: int, patch: int, region: int):
+        super().__init__()
+        if region % patch:
+            raise ValueError(f"the attention region ({region}) must be a multiple of the patch size ({patch})")
+        self.patch, self.region = patch, region
+        self.q, self.k, self.v, self.out = (conv3x3(channels, channels) for _ in range(4))
+        self.norm = nn.LayerNorm(channels)
+
+    def tokens(self, x: torch.Tensor, n: int, t: int) -> torch.Tensor:
+        """[N*T, C, H, W] -> [N * squares, T * patches per square, C*p*p] (H and W multiples of region)."""
+        _, c, h, w = x.shape
+        p, r = self.patch, self.region
+        x = x.reshape(n, t, c, h // r, r // p, p, w // r, r // p, p)
+        x = x.permute(0, 3, 6, 1, 4, 7, 2, 5, 8)  # n, sy, sx | t, py, px | c, y, x
+        return x.reshape(n * (h // r) * (w // r), t * (r // p) ** 2, c * p * p)
+
+    def untokens(self, x: torch.Tensor, n: int, t: int, c: int, h: int, w: int) -> torch.Tensor:
+        p, r = self.patch, self.region
+        x = x.reshape(n, h // r, w // r, t, r // p, r // p, c, p, p)
+        x = x.permute(0, 3, 6, 1, 4, 7, 2, 5, 8)  # n, t, c | sy, py, y | sx, px, x
+        return x.reshape(n * t, c, h, w)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor | None, n: int, t: int) -> torch.Tensor:
+        qk_in = x if pos is None else x + pos
+        q, k, v = (self.tokens(f, n, t) for f in (self.q(qk_in), self.k(qk_in), self.v(x)))
+        weights = torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)  # one head, all T frames
+        y = self.untokens(weights @ v, n, t, *x.shape[1:])
+        return layer_norm_2d(self.norm, x + self.out(y))
+
+
+def flow_warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Sample x at (pixel + flow): flow [B, 2, H, W] in pixels (x then y); outside the frame, the border."""
+    h, w = x.shape[-2:]
+    gy, gx = torch.meshgrid(torch.arange(h, dtype=x.dtype, device=x.device), torch.arange(w, dtype=x.dtype, device=x.device), indexing="ij")
+    px = (gx + flow[:, 0]) * (2 / max(w - 1, 1)) - 1
+    py = (gy + flow[:, 1]) * (2 / max(h - 1, 1)) - 1
+    return F.grid_sample(x, torch.stack([px, py], -1), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class PyramidFlow(nn.Module):
+    """SPyNet-style: coarse to fine, each level refines the upsampled flow from (reference, support warped by
+    it, the flow). Flow from `ref` to `supp`: ref's pixel p matches supp at p + flow. The last conv of each
+    level starts at zero, so an untrained network says "no motion"."""
+
+    def __init__(self, levels: int = 3, width: int = 24):
+        super().__init__()
+        self.levels = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(8, width, 5, padding=2), nn.ReLU(), nn.Conv2d(width, width, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(width, 2, 3, padding=1))
+            for _ in range(levels)
+        )
+        for level in self.levels:
+            nn.init.zeros_(level[-1].weight)
+            nn.init.zeros_(level[-1].bias)
+
+    def forward(self, ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
+        refs, supps = [ref], [supp]
+        for _ in range(len(self.levels) - 1):
+            refs.append(F.avg_pool2d(refs[-1], 2))
+            supps.append(F.avg_pool2d(supps[-1], 2))
+        flow = torch.zeros_like(refs[-1][:, :2])
+        for level, r, s in zip(self.levels, reversed(refs), reversed(supps)):
+            if flow.shape[-1] != r.shape[-1]:
+                flow = 2 * F.interpolate(flow, scale_factor=2, mode="bilinear", align_corners=False)
+            flow = flow + level(torch.cat([r, flow_warp(s, flow), flow], 1))
+        return flow
+
+
+class Propagation(nn.Module):
+    """One direction of BOFF: state = ResBlock(conv(frame features ++ warped previous state))."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.merge = conv3x3(2 * channels, channels)
+        self.block = ResBlock(channels)
+
+    def forward(self, feat: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return self.block(F.relu(self.merge(torch.cat([feat, state], 1))))
+
+
+class BOFF(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.backward_net, self.forward_net = Propagation(channels), Propagation(channels)
+        self.fuse = LoRAConv2d(2 * channels, channels, 1)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor, flow, frames: list[int], t: int) -> torch.Tensor:
+        """x [N, T, C, H, W]; flow(a, b) gives the flow from frame a to frame b; returns the listed frames
+        [N, len(frames), C, H, W]. Only the propagation that reaches those frames is computed. (t is passed
+        as a Python int: under tracing for export, shapes are tensors.)"""
+        back, fwd = {}, {}
+        state = torch.zeros_like(x[:, 0])
+        for i in range(t - 1, min(frames) - 1, -1):  # from the last frame back to the first one asked for
+            state = self.backward_net(x[:, i], flow_warp(state, flow(i, i + 1)) if i < t - 1 else state)
+            back[i] = state
+        state = torch.zeros_like(x[:, 0])
+        for i in range(max(frames) + 1):
+            state = self.forward_net(x[:, i], flow_warp(state, flow(i, i - 1)) if i > 0 else state)
+            fwd[i] = state
+        out = [layer_norm_2d(self.norm, x[:, i] + self.fuse(torch.cat([back[i], fwd[i]], 1))) for i in frames]
+        return torch.stack(out, 1)
+
+
+class FeedForward(nn.Module):
+    """The ablation without BOFF: the same place, a per-frame convolutional feed-forward, no flow."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = ResBlock(channels)
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor, flow, frames: list[int], t: int) -> torch.Tensor:
+        n, _, c, h, w = x.shape
+        sel = x[:, frames].reshape(-1, c, h, w)
+        return layer_norm_2d(self.norm, self.block(sel)).reshape(n, len(frames), c, h, w)
+
+
+class VSRT(nn.Module):
+    """Same interface as the other base models: window [N, T, 3, H, W] -> centre frame [N, 3, sH, sW].
+    stcsa / boff / posenc switch the three parts off for the ablation."""
+
+    def __init__(self, scale: int = 2, window: int = 5, channels: int = 36, layers: int = 1, patch: int = 4, region: int = 16,
+                 flow_levels: int = 3, flow_width: int = 24, blocks: int = 2, stcsa: bool = True, boff: bool = True, posenc: bool = True):
+        super().__init__()
+        if window % 2 != 1:
+            raise ValueError("window must be odd (2k+1 frames)")
+        self.scale, self.window, self.region = scale, window, region
+        self.posenc = posenc and stcsa
+        self.multiple = max(region, 2 ** (flow_levels - 1))  # frames are padded to a multiple of this
+        self.head = conv3x3(3, channels)
+        self.head_block = ResBlock(channels)
+        self.attention = nn.ModuleList(STCSA(channels, patch, region) if stcsa else nn.Identity() for _ in range(layers))
+        self.feed_forward = nn.ModuleList(BOFF(channels) if boff else FeedForward(channels) for _ in range(layers))
+        self.flow = PyramidFlow(flow_levels, flow_width) if boff else None
+        self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
+        self.tail = conv3x3(channels, 3 * scale * scale)
+        nn.init.zeros_(self.tail.weight)
+        nn.init.zeros_(self.tail.bias)
+        self.channels = channels
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        n, _, c, h, w = window.shape
+        t = self.window  # a Python int, also when tracing for export
+        centre = t // 2
+        m = self.multiple
+        ph, pw = (m - h % m) % m, (m - w % m) % m
+        frames = F.pad(window.reshape(n * t, c, h, w), (0, pw, 0, ph), mode="replicate")
+        hp, wp = h + ph, w + pw
+        x = self.head_block(F.relu(self.head(frames)))
+        skip = x.reshape(n, t, -1, hp, wp)[:, centre]
+        pos = positional_encoding(t, hp, wp, self.channels, self.region).to(x).repeat(n, 1, 1, 1) if self.posenc else None
+        lr = frames.reshape(n, t, c, hp, wp)
+        flows: dict[tuple[int, int], torch.Tensor] = {}
+
+        def flow(a: int, b: int) -> torch.Tensor:
+            if (a, b) not in flows:
+                flows[a, b] = self.flow(lr[:, a], lr[:, b])
+            return flows[a, b]
+
+        last = len(self.attention) - 1
+        for i, (attention, feed_forward) in enumerate(zip(self.attention, self.feed_forward)):
+            x = x if isinstance(attention, nn.Identity) else attention(x, pos, n, t)
+            wanted = [centre] if i == last else list(range(t))
+            x = feed_forward(x.reshape(n, t, -1, hp, wp), flow, wanted, t).reshape(n * len(wanted), -1, hp, wp)
+        x = self.body(x + skip) + x + skip
+        residual = F.pixel_shuffle(self.tail(x), self.scale)[..., : h * self.scale, : w * self.scale]
+        base = F.interpolate(window[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return base + residual

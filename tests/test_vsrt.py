@@ -1,0 +1,175 @@
+"""The vsrt family (engine/vsrt.py): STCSA, the positional encoding, flow warping, and the whole network
+through the paths users run (LoRA, export, VapourSynth)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypersr.engine.lora import lora_applied, lora_layers
+from hypersr.engine.models import build_model
+from hypersr.engine.vsrt import STCSA, flow_warp, positional_encoding
+
+ARCH = {"type": "vsrt", "scale": 2, "window": 5, "channels": 12, "patch": 4, "region": 16, "flow_width": 8, "blocks": 1}
+
+
+def random_network(**overrides) -> torch.nn.Module:
+    """A vsrt network whose zero-initialised outputs (tail, flow levels) are random too, so that every part
+    reaches the output."""
+    torch.manual_seed(0)
+    model = build_model({**ARCH, **overrides}).eval()
+    with torch.no_grad():
+        for conv in [model.tail] + ([level[-1] for level in model.flow.levels] if model.flow is not None else []):
+            conv.weight.normal_(0, 0.05)
+    return model
+
+
+def test_stcsa_shapes_and_tokens_round_trip():
+    block = STCSA(channels=12, patch=4, region=16)
+    n, t = 2, 5
+    x = torch.rand(n * t, 12, 32, 48)
+    tokens = block.tokens(x, n, t)
+    # 2x3 attention squares per frame pair; in each, 4x4 patches of every one of the 5 frames; C*p*p values
+    assert tokens.shape == (n * 2 * 3, t * 16, 12 * 16)
+    torch.testing.assert_close(block.untokens(tokens, n, t, 12, 32, 48), x, rtol=0, atol=0)
+    assert block(x, None, n, t).shape == x.shape
+
+
+def test_stcsa_attends_across_all_frames_of_the_window():
+    torch.manual_seed(1)
+    block = STCSA(channels=12, patch=4, region=16).eval()
+    n, t = 1, 5
+    x = torch.rand(n * t, 12, 16, 16)
+    centre = t // 2
+    with torch.no_grad():
+        ref = block(x, None, n, t)[centre]
+        for frame in range(t):
+            if frame == centre:
+                continue
+            moved = x.clone()
+            moved[frame, :, 4:8, 4:8] += 1.0  # one patch of one other frame
+            out = block(moved, None, n, t)
+            assert (out[centre] - ref).abs().max() > 1e-3, f"frame {frame} does not reach the centre frame"
+            others = [f for f in range(t) if f != frame]
+            # the changed frame itself changes; attention is the only path between frames here
+            assert (out[others] - block(x, None, n, t)[others]).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+
+
+def test_attention_stays_inside_its_square():
+    torch.manual_seed(2)
+    block = STCSA(channels=12, patch=4, region=16).eval()
+    x = torch.rand(5, 12, 16, 32)  # two squares side by side
+    moved = x.clone()
+    moved[:, :, :, 24:] += 1.0  # the right square of every frame
+    with torch.no_grad():
+        a, b = block(x, None, 1, 5), block(moved, None, 1, 5)
+    # the left square is unchanged except for the 3x3 convs' reach (1 pixel each for Q/K/V and the output conv)
+    torch.testing.assert_close(a[..., :14], b[..., :14])
+
+
+def test_positional_encoding_layout():
+    t, h, w, c, region = 5, 20, 36, 24, 16
+    pe = positional_encoding(t, h, w, c, region)
+    assert pe.shape == (t, c, h, w)
+    d = c // 3
+    time_part, y_part, x_part = pe[:, :d], pe[:, d : 2 * d], pe[:, 2 * d :]
+    # each third depends on its own coordinate only
+    assert (time_part - time_part[:, :, :1, :1]).abs().max() == 0
+    assert (y_part - y_part[:1, :, :, :1]).abs().max() == 0
+    assert (x_part - x_part[:1, :, :1, :]).abs().max() == 0
+    # sin of d/2 frequencies then cos of the same; frequency k is 1/1000^(2k/d)
+    freq = 1000.0 ** (-torch.arange(0, d, 2).float() / d)
+    torch.testing.assert_close(time_part[3, : d // 2, 0, 0], torch.sin(3 * freq))
+    torch.testing.assert_close(time_part[3, d // 2 :, 0, 0], torch.cos(3 * freq))
+    torch.testing.assert_close(x_part[0, : d // 2, 0, 7], torch.sin(7 * freq))
+    # positions count inside the attention square: column 16 is encoded like column 0
+    torch.testing.assert_close(x_part[..., 16 + 5], x_part[..., 5])
+    torch.testing.assert_close(y_part[:, :, 16 + 3], y_part[:, :, 3])
+    with pytest.raises(ValueError, match="divisible by 6"):
+        positional_encoding(t, h, w, 20, region)
+
+
+def test_flow_warp_follows_a_known_shift():
+    torch.manual_seed(3)
+    image = F.avg_pool2d(torch.rand(1, 3, 48, 64), 3, 1, 1)
+    shifted = torch.roll(image, shifts=(2, -3), dims=(2, 3))  # content moves 2 down, 3 left
+    flow = torch.zeros(1, 2, 48, 64)
+    flow[:, 0], flow[:, 1] = -3.0, 2.0  # image's pixel p is at p + (-3, +2) in `shifted`
+    warped = flow_warp(shifted, flow)
+    inner = (..., slice(4, -4), slice(4, -4))
+    torch.testing.assert_close(warped[inner], image[inner], atol=1e-5, rtol=0)
+    half = flow_warp(shifted, flow / 2)  # a wrong flow does not match
+    assert (half[inner] - image[inner]).abs().mean() > 1e-3
+    torch.testing.assert_close(flow_warp(image, torch.zeros(1, 2, 48, 64)), image, atol=1e-5, rtol=0)
+
+
+def test_network_interface_odd_sizes_and_every_frame_counts():
+    model = random_network()
+    window = torch.rand(2, 5, 3, 21, 35)  # not multiples of the attention square: padded inside, cropped after
+    with torch.no_grad():
+        out = model(window)
+        assert out.shape == (2, 3, 42, 70)
+        for frame in (0, 1, 3, 4):
+            moved = window.clone()
+            moved[:, frame] = moved[:, frame].flip(-1)
+            assert (model(moved) - out).abs().max() > 1e-4, f"frame {frame} of the window is ignored"
+
+
+@pytest.mark.parametrize("part", ["stcsa", "boff", "posenc"])
+def test_ablations_build_and_run(part):
+    model = random_network(**{part: False})
+    with torch.no_grad():
+        assert model(torch.rand(1, 5, 3, 16, 16)).shape == (1, 3, 32, 32)
+    if part == "boff":
+        assert model.flow is None
+    if part == "stcsa":
+        assert not any(isinstance(m, STCSA) for m in model.modules())
+
+
+def test_lora_adapts_the_network_and_merges_exactly():
+    model = random_network()
+    layers = lora_layers(model)
+    assert {"head", "attention.0.q", "attention.0.out", "feed_forward.0.backward_net.merge", "tail"} <= set(layers)
+    assert not any(name.startswith("flow.") for name in layers)  # the flow network is not adapted
+    g = torch.Generator().manual_seed(4)
+    factors = {name: (torch.randn(2, m.fan_in, generator=g) * 0.05, torch.randn(m.out_channels, 2, generator=g) * 0.05) for name, m in layers.items()}
+    window = torch.rand(1, 5, 3, 16, 32)
+    with torch.no_grad():
+        base = model(window)
+        with lora_applied(model, factors):
+            unmerged = model(window)
+        for name, layer in layers.items():
+            layer.set_lora(*factors[name])
+            layer.merge()
+        merged = model(window)
+    assert (unmerged - base).abs().max() > 1e-3
+    torch.testing.assert_close(merged, unmerged, atol=2e-5, rtol=0)
+
+
+def test_hypernet_drives_a_vsrt_base():
+    from hypersr.engine.hypernet import build_hypernet
+    from hypersr.engine.train import HYPERNET_ARCH
+
+    model = random_network()
+    hypernet = build_hypernet(model, HYPERNET_ARCH)
+    clip = torch.rand(4, 3, 40, 56)
+    factors = hypernet.factors(hypernet.summarise(clip, model))
+    assert set(factors) == set(lora_layers(model))
+    with lora_applied(model, factors), torch.no_grad():
+        assert model(clip[None, [0, 0, 1, 2, 3]]).shape == (1, 3, 80, 112)
+
+
+def test_export_dynamic_sizes_match(tmp_path):
+    """The traced network (what ONNX and TorchScript exports are made from) generalises to other sizes."""
+    import warnings
+
+    model = random_network()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.rand(1, 5, 3, 32, 48))
+    x = torch.rand(1, 5, 3, 36, 44)
+    torch.testing.assert_close(traced(x), model(x), atol=1e-5, rtol=0)
+    assert np.isfinite(traced(x).numpy()).all()
