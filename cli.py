@@ -133,6 +133,14 @@ def cmd_data(args) -> None:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
+def cmd_bench_runs(args) -> None:
+    from .engine.evaluate import evaluate_runs, runs_table, validation_clips
+
+    t0 = time.time()
+    print(runs_table(evaluate_runs(args.runs, validation_clips(args.data_dir, args.clips), args.device)))
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation, every frame)", file=sys.stderr)
+
+
 def cmd_bench_quality(args) -> None:
     from .engine import presets
     from .engine.evaluate import evaluate, table, validation_clips
@@ -295,6 +303,13 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.set_defaults(func=cmd_bench_quality)
+
+    br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")
+    br.add_argument("runs", nargs="+", type=Path, help="run directories of `hypersr train base --out DIR`")
+    br.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    br.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    br.add_argument("--device", default="cpu")
+    br.set_defaults(func=cmd_bench_runs)
 
     bm = bench.add_parser("memory", help="the hypernet's gain on real clips and the memory test; pass one's time and memory")
     bm.add_argument("--preset", default="fast-x2")

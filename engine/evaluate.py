@@ -140,3 +140,38 @@ def table(results: dict) -> str:
 def validation_clips(data_dir: Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     data.fetch(data_dir)
     return {n: data.validation_clip(data_dir, n) for n in (names or data.VALIDATION_CLIPS)}
+
+
+def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: str = "cpu") -> list[dict]:
+    """Finished training runs (`hypersr train base --out DIR`: DIR/arch.json and DIR/NAME.safetensors) on
+    whole validation clips, for architecture experiments and ablations: Y-PSNR per clip and their mean."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from .errors import HypersrError
+    from .models import build_model, macs_per_lr_pixel
+    from .train import validate
+
+    rows = []
+    for run in run_dirs:
+        weights = sorted(Path(run).glob("*.safetensors"))
+        if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
+            raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
+                               f"`hypersr train base --out {run}`")
+        arch = json.loads((Path(run) / "arch.json").read_text())
+        model = build_model(arch)
+        model.load_state_dict(load_file(str(weights[0])))
+        scores = validate(model.to(device), clips, arch["scale"], device)
+        rows.append({"run": Path(run).name, "arch": arch, "val_y_psnr": scores, "mean": float(np.mean(list(scores.values()))),
+                     "parameters": sum(p.numel() for p in model.parameters()), "macs_per_input_pixel": macs_per_lr_pixel(model.cpu())})
+    return rows
+
+
+def runs_table(rows: list[dict]) -> str:
+    clips = list(rows[0]["val_y_psnr"])
+    lines = ["| run | " + " | ".join(clips) + " | mean | parameters | MACs per LR pixel |", "|---" * (len(clips) + 4) + "|"]
+    for r in rows:
+        lines.append(f"| {r['run']} | " + " | ".join(f"{r['val_y_psnr'][c]:.2f}" for c in clips) +
+                     f" | {r['mean']:.2f} | {r['parameters']:,} | {r['macs_per_input_pixel']:,} |")
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,21 @@ def test_short_training_run_learns(tmp_path):
     assert log[2]["loss"] < log[1]["loss"]
     assert log[2]["val_y_psnr"]["waves"] > log[0]["val_y_psnr"]["waves"] + 3  # well above where it started (bicubic)
     assert weights.exists() and (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_bench_runs_scores_a_finished_run(tmp_path):
+    """`hypersr bench runs` rebuilds a run from arch.json and its weights; on the data the run validated
+    on, it reproduces the run's own last score."""
+    from hypersr.engine.errors import HypersrError
+    from hypersr.engine.evaluate import evaluate_runs, runs_table
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    arch = {"type": "fast", "scale": 2, "window": 3, "channels": 8, "blocks": 1}
+    train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=20, batch=4, patch=32, val_every=20)
+    last = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])
+    [row] = evaluate_runs([tmp_path / "run"], data.load_pack(pack).validation)
+    assert row["arch"] == arch and abs(row["val_y_psnr"]["waves"] - last["val_y_psnr"]["waves"]) < 1e-6
+    assert "| run |" in runs_table([row])
+    (tmp_path / "unfinished").mkdir()
+    with pytest.raises(HypersrError, match="not a finished run"):
+        evaluate_runs([tmp_path / "unfinished"], {})
