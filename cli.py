@@ -203,14 +203,14 @@ def cmd_bench_memory(args) -> None:
 def cmd_bench_speed(args) -> None:
     import torch
 
-    from .engine import bench_speed
+    from .engine import bench_speed, presets
 
     backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     sizes = None
     if args.size:
         w, _, h = args.size.partition("x")
         sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
-    rows, peaks = bench_speed.bench(args.preset or ["fast-x2", "fast-x4"], backends, args.frames, sizes,
+    rows, peaks = bench_speed.bench(args.preset or presets.available(), backends, args.frames, sizes,
                                     progress=lambda line: print(line, file=sys.stderr))
     print(bench_speed.table(rows, peaks))
     machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads" + (f"; GPU: {torch.cuda.get_device_name()}" if {"cuda", "trt"} & set(backends) else "")
@@ -321,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     bm.set_defaults(func=cmd_bench_memory)
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin")
-    bs.add_argument("--preset", action="append", help="preset (repeatable; default fast-x2 and fast-x4)")
+    bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")
     bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
     bs.add_argument("--frames", type=int, default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
