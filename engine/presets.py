@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from .errors import HypersrError
 from .files import atomic_write, sha256_file
-from .lora import LoRA, load_lora
+from .lora import LoRA, load_lora, merge_all
 from .models import build_model, macs_per_lr_pixel
 
 DEFAULT_PRESET = "fast-x2"
@@ -79,8 +79,7 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
         check_lora(lora, preset)
         lora.apply_to(model)
     model.to(device).eval()
-    for layer_merge in (m for m in model.modules() if hasattr(m, "merge")):
-        layer_merge.merge()
+    merge_all(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return model

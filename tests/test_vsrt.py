@@ -173,3 +173,42 @@ def test_export_dynamic_sizes_match(tmp_path):
     x = torch.rand(1, 5, 3, 36, 44)
     torch.testing.assert_close(traced(x), model(x), atol=1e-5, rtol=0)
     assert np.isfinite(traced(x).numpy()).all()
+
+
+# --- the shipped vsrt-x2 preset through the paths users run ---------------------------------------------
+
+def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
+    import vapoursynth as vs
+
+    from helpers import run_hypersr
+    from hypersr.vsplugin import upscale, window_clips
+    from hypersr.vsplugin.io import clip_from_array, clip_to_array
+
+    if not hasattr(vs.core, "ort"):
+        pytest.fail("vs-mlrt's ORT plugin is missing: pip install vapoursynth-mlrt-ort (part of hypersr[dev])")
+    onnx = tmp_path / "vsrt.onnx"
+    proc = run_hypersr("export", "onnx", "--preset", "vsrt-x2", "-o", onnx)
+    assert proc.returncode == 0, proc.stderr.decode()
+    frames = np.random.default_rng(8).random((6, 3, 36, 52), dtype=np.float32)
+    clip = clip_from_array(frames)
+    ours = clip_to_array(upscale(clip, preset="vsrt-x2", device="cpu"))
+    theirs = clip_to_array(vs.core.ort.Model(window_clips(clip, 2), network_path=str(onnx), provider="CPU"))
+    assert ours.shape == theirs.shape == (6, 3, 72, 104)
+    np.testing.assert_allclose(theirs, ours, atol=1e-4)
+
+
+def test_vsrt_x2_torchscript_for_ffmpeg(tmp_path):
+    from helpers import run_hypersr
+    from hypersr.engine import presets
+
+    path = tmp_path / "vsrt.pt"
+    assert run_hypersr("export", "torchscript", "--preset", "vsrt-x2", "-o", path).returncode == 0
+    module = torch.jit.load(str(path))
+    model = presets.load_model("vsrt-x2")
+    frames = torch.rand(3, 3, 40, 48)
+    with torch.inference_mode():
+        module(torch.rand(1, 3, 40, 48))  # FFmpeg's trial call
+        for n in range(3):
+            out = module(frames[n][None])
+            causal = [max(n - 2, 0), max(n - 1, 0), n, n, n]  # two previous, current, current again
+            torch.testing.assert_close(out, model(frames[causal][None]).clamp(0, 1), atol=1e-5, rtol=0)
