@@ -154,7 +154,7 @@ def install_weights(preset: Preset, weights: Path, record: dict) -> None:
     import shutil
 
     atomic_write(preset.weights_path, lambda tmp: shutil.copyfile(weights, tmp))
-    card = dict(preset.card)
+    card = json.loads(preset.card_path.read_text())  # as it is now: it may have been edited during a long run
     card["weights"] = {"file": preset.weights_path.name, "sha256": sha256_file(preset.weights_path)}
     card["training"] = {**card.get("training", {}), **record}
     card.pop("validation", None)  # scores belong to the old weights; `hypersr bench quality --update-card`
@@ -166,6 +166,6 @@ def install_hypernet(preset: Preset, weights: Path, arch: dict, record: dict) ->
 
     target = hypernet_path(preset)
     atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
-    card = dict(preset.card)
+    card = json.loads(preset.card_path.read_text())  # as it is now: it may have been edited during a long run
     card["hypernet"] = {"architecture": arch, "weights": {"file": target.name, "sha256": sha256_file(target)}, "training": record}
     write_card(preset, card)

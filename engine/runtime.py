@@ -75,7 +75,7 @@ class Upscaler:
     are processed in tiles overlapping by `tile_pad` LR pixels; for networks whose receptive field that
     covers (the fast presets) tiled output equals untiled output.
 
-    backend: auto, cpu, cuda or trt (engines/backends.py). trt needs `frame_size` (width, height) to build
+    backend: auto, cpu, cuda or trt (engine/backends.py). trt needs `frame_size` (width, height) to build
     its engine profile; the cache lives in `trt_cache_dir` (default ~/.cache/hypersr/trt)."""
 
     def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, device: str | None = None,
