@@ -96,9 +96,6 @@ class Upscaler:
             raise HypersrError(f"tile_pad must not be negative, not {tile_pad}")
         if self.backend_name == "cpu":
             keep_large_buffers()
-        # channels_last: oneDNN's fast path on CPU (480x270 frame: 223 -> 159 ms with the grouped per-frame
-        # conv in models.py) and tensor cores on GPU. torch.compile measured 148 ms on the same frame but
-        # costs 6-20 s of compilation per frame size, so it is not used.
         model = presets.load_model(self.preset, lora, device=str(self.device))
         if self.backend_name == "cpu":
             self.backend = CpuBackend(model)
