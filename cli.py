@@ -278,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     ba.add_argument("--job-dir", default="hypersr-job", help="job record and cached LoRAs (default %(default)s)")
     ba.add_argument("--ffmpeg-args", default="-c:v libx264 -crf 16 -preset slow",
                     help="encoder arguments for ffmpeg, one string (default %(default)r); audio and subtitles are copied")
-    ba.add_argument("--ffmpeg", default="ffmpeg", help="the ffmpeg to encode with (default %(default)s)")
+    ba.add_argument("--ffmpeg", help="the ffmpeg to encode with (default: ffmpeg on PATH, else the one of the imageio-ffmpeg package)")
     ba.add_argument("--preset", default=None, help="default: fast-x2")
     ba.add_argument("--refine", type=int, default=0, metavar="N", help="refine steps in pass one (default 0)")
     ba.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
@@ -363,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _end_progress_lines() -> None:
+    """Close the progress bars still open, so that the message after them starts a line of its own."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", [])):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001  (a bar on a closed stream: nothing left to tidy)
+            pass
+
+
+def _silence_stdout() -> None:
+    """After stdout failed (a closed pipe, a full device), point it at /dev/null: otherwise Python's own
+    flush at exit fails again and prints a traceback-like warning."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _interrupt(signum, frame) -> None:
     from .engine.files import INTERRUPTED
 
@@ -371,27 +390,54 @@ def _interrupt(signum, frame) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The console script. Ctrl-C or SIGTERM at any moment ends with `hypersr: interrupted` and exit 130,
+    leaving no output behind; the handlers come first, as importing torch takes seconds."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
-    if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
-        from .engine.runtime import keep_large_buffers
-
-        keep_large_buffers()
+    code = 0
     try:
+        args = build_parser().parse_args(argv)
+        if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
+            from .engine.runtime import keep_large_buffers
+
+            keep_large_buffers()
         args.func(args)
     except HypersrError as e:
+        _end_progress_lines()
         print(f"hypersr: error: {e}", file=sys.stderr)
-        return 1
+        code = 1
     except BrokenPipeError:
         # The reader downstream went away (e.g. `| head`): stop quietly, without a traceback at exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _end_progress_lines()
         print("hypersr: output pipe closed by the reader; stopped", file=sys.stderr)
         return 141
     except KeyboardInterrupt:
+        _end_progress_lines()
         print("hypersr: interrupted", file=sys.stderr)
-        return 130
-    return 0
+        code = 130
+    except OSError as e:  # the system refused something no check foresaw (e.g. a disk filling up mid-run)
+        _end_progress_lines()
+        where = f" ({e.filename})" if e.filename else ""
+        print(f"hypersr: error: {e.strerror or e}{where}", file=sys.stderr)
+        code = 1
+    except MemoryError:
+        _end_progress_lines()
+        print("hypersr: error: out of memory; use smaller frames, the tile option, or a machine with more memory", file=sys.stderr)
+        code = 1
+    except Exception as e:  # noqa: BLE001  (a bug: still one line, and the traceback on request)
+        _end_progress_lines()
+        if os.environ.get("HYPERSR_DEBUG"):
+            raise
+        print(f"hypersr: error: unexpected {type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''} "
+              "(set HYPERSR_DEBUG=1 for the traceback, and please report it)", file=sys.stderr)
+        code = 1
+    _silence_stdout()
+    # The work is over (done, or its outputs removed): an interrupt now would only break the interpreter's
+    # own clean-up with a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     import vapoursynth as vs
 
     from .engine import data, presets
+    from .engine.errors import HypersrError
     from .engine.evaluate import baselines, comparison_png
+    from .engine.files import atomic_write, readable_file, refuse_same_file
     from .engine.metrics import y_psnr
     from .ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
     from .ffmpeg_filter.y4m import Y4MHeader
@@ -30,9 +32,16 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
 
     core = vs.core
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise HypersrError(f"-o {out} is a file; the demo writes several files into a folder: give a folder name")
+    readable_file(sample, "sample")
     p = presets.get(preset)
     name = Path(sample).stem
+    lr_path, lora_path, png = out / f"{name}_lr.y4m", out / f"{name}.lora", out / f"{name}_compare.png"
+    one_pass, sr_path = out / f"{name}_x{p.scale}_one_pass.y4m", out / f"{name}_x{p.scale}.y4m"
+    for target in (lr_path, lora_path, png, one_pass, sr_path):
+        refuse_same_file(target, sample)
+    out.mkdir(parents=True, exist_ok=True)
 
     source = open_input(sample)
     hr = clip_to_array(to_rgb(source.clip, "RGBS", source.matrix))
@@ -41,17 +50,17 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     print(f"demo: {name} {hr.shape[3]}x{hr.shape[2]} -> BI x1/{p.scale} -> {lr.shape[3]}x{lr.shape[2]} -> hypersr {p.name}", file=sys.stderr)
 
     # The LR input as a y4m file (4:4:4 so no method is handicapped by chroma subsampling).
-    lr_path = out / f"{name}_lr.y4m"
     lr_yuv = core.resize.Bicubic(clip_from_array(lr), format=vs.YUV444P8, matrix=MATRIX_709)
-    with open(lr_path, "wb") as f:
-        write_y4m(lr_yuv, Y4MHeader(lr.shape[3], lr.shape[2], "444", color_range="LIMITED"), f, progress=False)
+
+    def write_lr(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            write_y4m(lr_yuv, Y4MHeader(lr.shape[3], lr.shape[2], "444", color_range="LIMITED"), f, progress=False)
+
+    atomic_write(lr_path, write_lr)
 
     # One pass (the base network), then the two passes: analyse (hypernet + --refine 10) and upscale --lora.
-    one_pass = out / f"{name}_x{p.scale}_one_pass.y4m"
     run_upscale(str(lr_path), str(one_pass), p.name, None, device, MATRIX_709)
-    lora_path = out / f"{name}.lora"
     run_analyse(str(lr_path), str(lora_path), p.name, DEMO_REFINE, device, MATRIX_709)
-    sr_path = out / f"{name}_x{p.scale}.y4m"
     run_upscale(str(lr_path), str(sr_path), p.name, str(lora_path), device, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
@@ -67,7 +76,6 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
             q = torch.from_numpy(np.round(np.clip(frames, 0, 1) * 255) / 255)
             scores[m] = float(np.mean([y_psnr(a, b) for a, b in zip(q, hr_t)]))
     labelled = {(f"{m}  {scores[m]:.2f} dB" if m in scores else m): v for m, v in columns.items()}
-    png = out / f"{name}_compare.png"
     comparison_png(png, labelled, len(hr) // 2)
     for m, s in scores.items():
         print(f"  {m:<26} Y-PSNR {s:6.2f} dB", file=sys.stderr)

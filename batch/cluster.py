@@ -153,13 +153,15 @@ def process_file(ray, job: Job, entry: Entry, workers: list) -> None:
 
 
 def run_batch_ray(address: str, inputs: list[str], template: str, job_dir: Path, ffmpeg_args: str, preset: str | None, refine: int,
-                  device: str | None, ffmpeg: str = "ffmpeg") -> Job:
+                  device: str | None, ffmpeg: str | None = None) -> Job:
     from ..engine import presets
+    from ..ffmpeg_filter.tool import ffmpeg_executable
 
     if refine:
         raise HypersrError("--refine is not available with --ray yet: test-time training needs the whole clip in one place")
     files = expand_inputs(inputs)
-    settings = {"preset": presets.get(preset).name, "refine": 0, "device": device, "ffmpeg": ffmpeg, "ffmpeg_args": ffmpeg_args}
+    settings = {"preset": presets.get(preset).name, "refine": 0, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg),
+                "ffmpeg_args": ffmpeg_args}
     job = Job.open(job_dir, files, template, settings)
     ray = connect(address)
     try:

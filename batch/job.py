@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..engine.errors import HypersrError
-from ..engine.files import atomic_write
+from ..engine.files import atomic_write, refuse_same_file
 
 VIDEO_SUFFIXES = {".mkv", ".mp4", ".mov", ".avi", ".webm", ".m4v", ".ts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv", ".y4m"}
 JOB_VERSION = 1
@@ -115,8 +115,8 @@ class Job:
         outs = [e.output for e in entries]
         if len(set(outs)) != len(outs):
             raise HypersrError(f"the output template {template!r} gives two inputs the same output; include {{stem}} or {{dir}}")
-        if any(e.output == e.source for e in entries):
-            raise HypersrError("an output would overwrite its own input; choose another output template")
+        for e in entries:
+            refuse_same_file(e.output, *(f.source for f in entries))
         job = Job(directory, settings, entries)
         job.save()
         return job

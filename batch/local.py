@@ -88,11 +88,13 @@ def pass_two(job: Job, entry: Entry, position: int) -> None:
 
 
 def run_batch(inputs: list[str], template: str, job_dir: Path, ffmpeg_args: str, preset: str | None, refine: int,
-              device: str | None, ffmpeg: str = "ffmpeg") -> Job:
+              device: str | None, ffmpeg: str | None = None) -> Job:
     from ..engine import presets
+    from ..ffmpeg_filter.tool import ffmpeg_executable
 
     files = expand_inputs(inputs)
-    settings = {"preset": presets.get(preset).name, "refine": refine, "device": device, "ffmpeg": ffmpeg, "ffmpeg_args": ffmpeg_args}
+    settings = {"preset": presets.get(preset).name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg),
+                "ffmpeg_args": ffmpeg_args}
     job = Job.open(job_dir, files, template, settings)
     failed = []
     with tqdm(total=len(job.entries), unit="file", desc="hypersr batch", file=sys.stderr, position=0, dynamic_ncols=True) as bar:

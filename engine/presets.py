@@ -54,6 +54,11 @@ class Preset:
     def sha256(self) -> str:
         return self.card["weights"]["sha256"]
 
+    def files(self) -> list[Path]:
+        """The files the preset is made of (card, weights, hypernet): inputs that no output may replace."""
+        hypernet = (self.card.get("hypernet") or {}).get("weights")
+        return [self.card_path, self.weights_path] + ([presets_dir() / hypernet["file"]] if hypernet else [])
+
     def build(self) -> torch.nn.Module:
         return build_model(self.card["architecture"])
 
@@ -74,10 +79,14 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     model = preset.build()
     model.load_state_dict(_verified_weights(preset, preset.weights_path, preset.sha256))
     if lora is not None:
-        if not isinstance(lora, LoRA):
-            lora = load_lora(lora)
-        check_lora(lora, preset)
-        lora.apply_to(model)
+        source = None if isinstance(lora, LoRA) else lora
+        if source is not None:
+            lora = load_lora(source)
+        try:
+            check_lora(lora, preset)
+            lora.apply_to(model)
+        except HypersrError as e:
+            raise HypersrError(f"{source}: {e}" if source is not None else str(e)) from None
     model.to(device).eval()
     merge_all(model)
     for p in model.parameters():

@@ -25,13 +25,20 @@ from .lora import LoRA
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """`None`/auto, cpu, cuda or cuda:N as a torch device, or a one-line error that says what to use."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise HypersrError("--device cuda was asked for, but torch sees no CUDA GPU here; use --device cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HypersrError(f"unknown device {device!r}; use cpu, cuda or cuda:N (e.g. cuda:0)") from None
     if dev.type not in ("cpu", "cuda"):
-        raise HypersrError(f"unknown device {device!r}; use cpu or cuda")
+        raise HypersrError(f"unknown device {device!r}; use cpu, cuda or cuda:N (e.g. cuda:0)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HypersrError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise HypersrError(f"device {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
     return dev
 
 
@@ -141,6 +148,10 @@ class Upscaler:
         window = np.ascontiguousarray(window if isinstance(window, np.ndarray) else np.stack(window), dtype=np.float32)
         slot = self._slots.get()
         try:
-            return self.backend.to_host(self._tiled(self.backend.to_device(window, slot), slot), slot)
+            result = self.backend.to_host(self._tiled(self.backend.to_device(window, slot), slot), slot)
         finally:
             self._slots.put(slot)
+        if np.isnan(result).any():  # clamping keeps NaN, and NaN becomes black or noise in the output
+            raise HypersrError("the network produced NaN values (is there NaN or inf in the input?); "
+                               "stopped before writing that frame: check the input, or run without the LoRA")
+        return result

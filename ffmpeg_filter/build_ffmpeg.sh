@@ -21,10 +21,11 @@ if [ -x "$PREFIX/bin/ffmpeg" ]; then
   exit 0
 fi
 
-for tool in apt-get gcc g++ make tar; do
-  command -v "$tool" >/dev/null || { echo "build_ffmpeg: needs $tool (Debian: apt-get install build-essential)" >&2; exit 1; }
+for tool in apt-get gcc g++ make tar xz; do
+  command -v "$tool" >/dev/null || { echo "build_ffmpeg: needs $tool (Debian: apt-get install build-essential xz-utils)" >&2; exit 1; }
 done
 
+mkdir -p "$CACHE"
 WORK=$(mktemp -d "$CACHE/ffmpeg-build.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/apt/lists/partial" "$WORK/apt/cache/archives/partial"

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from torch import nn
 
 from ..engine import presets
 from ..engine.errors import HypersrError
-from ..engine.files import atomic_write
+from ..engine.files import atomic_write, check_output
 
 
 class ChannelWindow(nn.Module):
@@ -61,7 +62,10 @@ class CausalWindow(nn.Module):
         return self.model(window.unsqueeze(0)).clamp(0, 1)
 
 
-def _merged_model(preset: str | None, lora: str | None) -> nn.Module:
+def _merged_model(out: str | Path, preset: str | None, lora: str | None) -> nn.Module:
+    if str(out) == "-":
+        raise HypersrError("an exported model is a file, not a stream: give -o a file name")
+    check_output(out, lora, *presets.get(preset).files())
     model = presets.load_model(preset, lora, device="cpu")
     for p in model.parameters():
         p.requires_grad_(False)
@@ -73,7 +77,7 @@ def export_onnx(out: str | Path, preset: str | None = None, lora: str | None = N
         import onnx  # noqa: F401  (torch's exporter needs it)
     except ImportError:
         raise HypersrError("ONNX export needs the onnx package: pip install 'hypersr[onnx]'") from None
-    model = ChannelWindow(_merged_model(preset, lora)).eval()
+    model = ChannelWindow(_merged_model(out, preset, lora)).eval()
     example = torch.rand(1, 3 * model.window, 32, 48)
 
     def write(tmp: str) -> None:
@@ -87,7 +91,7 @@ def export_onnx(out: str | Path, preset: str | None = None, lora: str | None = N
 
 
 def export_torchscript(out: str | Path, preset: str | None = None, lora: str | None = None, single: bool = False) -> Path:
-    base = _merged_model(preset, lora)
+    base = _merged_model(out, preset, lora)
     window = base.window
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
@@ -96,5 +100,7 @@ def export_torchscript(out: str | Path, preset: str | None = None, lora: str | N
         scripted = torch.jit.script(CausalWindow(traced, single).eval())
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated in torch, but it is what FFmpeg loads
-        atomic_write(out, lambda tmp: torch.jit.save(scripted, tmp))
+        buffer = io.BytesIO()  # torch.jit.save aborts the whole process when a file write fails (e.g. a full disk)
+        torch.jit.save(scripted, buffer)
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     return Path(out)

@@ -19,9 +19,9 @@ import numpy as np
 import vapoursynth as vs
 
 from ..engine.errors import HypersrError
-from ..engine.files import INTERRUPTED, atomic_write, check_writable
+from ..engine.files import INTERRUPTED, atomic_write, check_output, readable_file, write_error
 from ..engine.runtime import release_free_memory
-from ..vsplugin import PAST_END, TRIM_EVERY
+from ..vsplugin import PAST_END, TRIM_EVERY, error_message
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
 from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
 
@@ -88,6 +88,7 @@ class Source:
     matrix: int
     total: int | None  # frame count if known
     stream: _StreamFrames | None = None
+    pad: tuple[int, int] = (0, 0)  # columns, rows added to odd-size subsampled frames (see open_y4m)
 
     @property
     def truncated(self) -> str | None:
@@ -105,7 +106,12 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
         total = payload // per_frame if payload % per_frame == 0 and payload > 0 else None
     frames = _StreamFrames(reader, seekable=total is not None)
     fmt = _vs_format(h)
-    blank = core.std.BlankClip(format=fmt.id, width=h.width, height=h.height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
+    # VapourSynth needs subsampled frames to be a whole number of chroma samples wide and high; FFmpeg writes
+    # odd sizes with chroma planes rounded up (65x49 4:2:0 has 33x25 chroma). So the luma is padded by
+    # repeating its last column/row to the chroma's size, and output_clip crops the padding off again.
+    pad = (-h.width % (1 << fmt.subsampling_w), -h.height % (1 << fmt.subsampling_h))
+    width, height = h.width + pad[0], h.height + pad[1]
+    blank = core.std.BlankClip(format=fmt.id, width=width, height=height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
     matrix = matrix or default_matrix(h.width, h.height)
     props = {"_FieldBased": {"t": 2, "b": 1}.get(h.interlace, 0)}
     if h.family == "yuv":
@@ -118,14 +124,18 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
         planes, past_end = frames.get(n)
         fout = f.copy()
         for p, plane in enumerate(planes):
-            np.copyto(np.asarray(fout[p]), plane)
+            dst = np.asarray(fout[p])
+            ph, pw = plane.shape
+            dst[:ph, :pw] = plane
+            dst[:ph, pw:] = plane[:, -1:]
+            dst[ph:] = dst[ph - 1]
         fout.props.update(props)
         if past_end:
             fout.props[PAST_END] = 1
         return fout
 
     clip = core.std.ModifyFrame(blank, blank, fill)
-    return Source(clip, h, matrix, total, frames)
+    return Source(clip, h, matrix, total, frames, pad)
 
 
 def open_file(path: str, matrix: int | None = None) -> Source:
@@ -156,9 +166,7 @@ def open_input(path: str, matrix: int | None = None) -> Source:
     """`-` is stdin (y4m); a file starting with the y4m magic is read as y4m; anything else via bestsource."""
     if path == "-":
         return open_y4m(sys.stdin.buffer, "stdin", matrix)
-    p = Path(path)
-    if not p.is_file():
-        raise HypersrError(f"input {path} does not exist")
+    p = readable_file(path, "input")
     with open(p, "rb") as f:
         is_y4m = f.read(9) == b"YUV4MPEG2"
     if is_y4m:
@@ -174,7 +182,11 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     if h.family == "gray":
         y = core.resize.Bicubic(upscaled_rgb, format=vs.YUV444PS, matrix=source.matrix)
         return core.resize.Point(core.std.ShufflePlanes(y, 0, vs.GRAY), format=fmt.id, range_in_s="full", range_s=rng)
-    return core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range_s=rng, chromaloc_s=CHROMALOC_NAMES[h.chroma_location])
+    out = core.resize.Bicubic(upscaled_rgb, format=fmt.id, matrix=source.matrix, range_s=rng, chromaloc_s=CHROMALOC_NAMES[h.chroma_location])
+    if any(source.pad):
+        s = upscaled_rgb.width // source.clip.width
+        out = core.std.Crop(out, right=source.pad[0] * s, bottom=source.pad[1] * s)
+    return out
 
 
 def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True, desc: str = "hypersr",
@@ -202,24 +214,31 @@ def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = No
 def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None,
                 progress: bool = True, backend: str | None = None) -> int:
     """The `hypersr upscale` command. Returns the number of frames written."""
+    from ..engine import presets
     from ..vsplugin import upscale
 
+    check_output(output_path, input_path, lora, *presets.get(preset).files())
     source = open_input(input_path, matrix)
     if source.header.interlace in ("t", "b") and progress:
         print("hypersr: note: the input is interlaced; hypersr upscales whole frames, so deinterlace first for best results", file=sys.stderr)
     try:
         out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device, backend=backend))
     except vs.Error as e:
-        raise HypersrError(str(e).removeprefix("hypersr.upscale: ")) from None
+        raise HypersrError(error_message(e).removeprefix("hypersr.upscale: ")) from None
 
     def produce(stream) -> int:
         try:
             return write_y4m(out, source.header, stream, source.total, progress)
         except vs.Error as e:
-            raise HypersrError(f"processing failed: {str(e).strip()}") from None
+            raise HypersrError(error_message(e, "processing failed")) from None
 
     if output_path == "-":
-        written = produce(sys.stdout.buffer)
+        try:
+            written = produce(sys.stdout.buffer)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise write_error("-", e) from None
     else:
         result = {}
 
@@ -238,19 +257,20 @@ def run_analyse(input_path: str, output_path: str, preset: str | None, refine: i
                 matrix: int | None = None, progress: bool = True):
     """The `hypersr analyse` command: pass one over the whole input, then the LoRA file (atomically).
     A truncated input writes nothing: a LoRA of part of a clip would be silently wrong for the rest."""
+    from ..engine import presets
     from ..engine.analyse import analyse_frames
     from ..engine.lora import save_lora
     from ..vsplugin import read_frames
 
     if output_path == "-":
         raise HypersrError("a LoRA is a file, not a stream: give -o a file name (e.g. -o clip.lora)")
-    check_writable(output_path)
+    check_output(output_path, input_path, *presets.get(preset).files())
     source = open_input(input_path, matrix)
     rgb = to_rgb(source.clip, "RGBS", source.matrix)
     try:
         lora = analyse_frames(read_frames(rgb, source.total, progress), preset, refine, device, (rgb.width, rgb.height))
     except vs.Error as e:
-        raise HypersrError(f"reading the input failed: {str(e).strip()}") from None
+        raise HypersrError(error_message(e, "processing failed")) from None
     if source.truncated:
         raise HypersrError(f"{source.truncated}; no LoRA written (analyse the complete clip)")
     if INTERRUPTED.is_set():

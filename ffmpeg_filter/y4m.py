@@ -156,16 +156,22 @@ def chroma_tag(family: str, subsampling: tuple[int, int], bits: int, chroma_loca
     return base
 
 
-def _read_line(stream, what: str) -> bytes:
+def _read_line(stream) -> bytes:
+    """A line up to its newline, or what there is of it at the end of the stream or at MAX_HEADER bytes."""
     buf = bytearray()
     while len(buf) < MAX_HEADER:
         c = stream.read(1)
         if not c:
-            return bytes(buf)
+            break
         buf += c
         if c == b"\n":
-            return bytes(buf)
-    raise Y4MError(f"malformed y4m: {what} line longer than {MAX_HEADER} bytes")
+            break
+    return bytes(buf)
+
+
+def frames_done(n: int) -> str:
+    """'no complete frame was', 'the 1 complete frame was', 'the 5 complete frames were'."""
+    return "no complete frame was" if n == 0 else f"the {n} complete frame{'s were' if n > 1 else ' was'}"
 
 
 class Y4MReader:
@@ -174,10 +180,12 @@ class Y4MReader:
 
     def __init__(self, stream, name: str = "input"):
         self.stream, self.name = stream, name
-        first = _read_line(stream, "header")
+        first = _read_line(stream)
         if not first:
             raise Y4MError(f"{name} is empty: no y4m header and no frames")
         if not first.endswith(b"\n"):
+            if len(first) >= MAX_HEADER:
+                raise Y4MError(f"malformed y4m: the header line is longer than {MAX_HEADER} bytes; is {name} really a YUV4MPEG2 stream?")
             raise Y4MError(f"{name}: the y4m header is not terminated by a newline")
         self.header = Y4MHeader.parse(first[:-1])
         self.header_size = len(first)
@@ -187,23 +195,21 @@ class Y4MReader:
     def read(self) -> list[np.ndarray] | None:
         if self.truncated:
             return None
-        line = _read_line(self.stream, "FRAME")
+        line = _read_line(self.stream)
         if not line:
             return None
+        n = self.frames_read
         if line.startswith(MAGIC):
-            self.truncated = (f"{self.name} starts a new y4m header after frame {self.frames_read} (a format change "
-                              f"mid-stream); hypersr processed the {self.frames_read} frames before it: split the stream there")
+            self.truncated = (f"{self.name} starts a new y4m header after frame {n} (a format change mid-stream); "
+                              f"{frames_done(n)} processed: split the stream there")
             return None
-        if not line.startswith(FRAME) or not line.endswith(b"\n"):
-            self.truncated = f"{self.name}: frame {self.frames_read} has a damaged 'FRAME' marker"
+        if not line.startswith(FRAME) or not line.endswith(b"\n"):  # damaged, or missing (frame data where it should be)
+            self.truncated = f"{self.name}: frame {n} has a damaged or missing 'FRAME' marker; {frames_done(n)} processed"
             return None
         size = self.header.frame_bytes()
         data = _read_exactly(self.stream, size)
         if len(data) < size:
-            self.truncated = (
-                f"{self.name} ended in the middle of frame {self.frames_read} ({len(data)} of {size} bytes); "
-                f"the {self.frames_read} complete frames were processed"
-            )
+            self.truncated = f"{self.name} ended in the middle of frame {n} ({len(data)} of {size} bytes); {frames_done(n)} processed"
             return None
         self.frames_read += 1
         return self._planes(data)

@@ -1,11 +1,20 @@
-"""The suite runs real tools: ffmpeg must be on PATH."""
+"""The suite runs real tools. ffmpeg: the system's when it is on PATH, else the static binary of the
+imageio-ffmpeg wheel (a dev dependency), put on PATH for the tests and the processes they start."""
 
+import os
 import shutil
 
 import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _needs_ffmpeg():
+def _ffmpeg_on_path(tmp_path_factory):
     if shutil.which("ffmpeg") is None:
-        pytest.exit("the tests need a real ffmpeg on PATH (apt-get install ffmpeg); .ci/run installs it", returncode=2)
+        try:
+            import imageio_ffmpeg
+        except ImportError:
+            pytest.exit("the tests need ffmpeg: apt-get install ffmpeg, or pip install imageio-ffmpeg", returncode=2)
+        folder = tmp_path_factory.mktemp("ffmpeg-bin")
+        (folder / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+        os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
+    yield

@@ -55,3 +55,18 @@ def preset_lora(p, **overrides):
     fields = dict(preset=p.name, base_sha256=p.sha256, scale=p.scale, rank=4, factors=random_lora(p.build()), strength=0.5)
     fields.update(overrides)
     return LoRA(**fields)
+
+
+def probe(path) -> list[dict]:
+    """A media file's streams as FFmpeg's libraries (PyAV) see them; video streams are decoded to count frames."""
+    import av
+
+    with av.open(str(path)) as container:
+        found = [{"codec_type": s.type, "codec_name": s.codec_context.name, "width": getattr(s.codec_context, "width", None),
+                  "height": getattr(s.codec_context, "height", None), "pix_fmt": getattr(s.codec_context, "pix_fmt", None)}
+                 for s in container.streams]
+    for i, info in enumerate(found):
+        if info["codec_type"] == "video":
+            with av.open(str(path)) as container:
+                info["frames"] = sum(1 for _ in container.decode(video=i))
+    return found

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import HYPERSR, SAMPLE, assert_clean_error, run_hypersr
+from helpers import HYPERSR, SAMPLE, assert_clean_error, probe, run_hypersr
 
 
 def make_clip(path, seconds: float = 0.8, source: str | None = None, subtitles: bool = False):
@@ -29,12 +29,6 @@ def make_clip(path, seconds: float = 0.8, source: str | None = None, subtitles: 
     cmd += [*maps, *scale, "-t", str(seconds), "-c:v", "libx264", "-c:a", "aac", "-c:s", "srt" if subtitles else "copy", "-y", str(path)]
     subprocess.run(cmd, check=True)
     return path
-
-
-def streams(path) -> list[dict]:
-    out = subprocess.run(["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=codec_type,codec_name,width,height,nb_read_frames",
-                          "-of", "json", str(path)], capture_output=True, check=True).stdout
-    return json.loads(out)["streams"]
 
 
 def decoded(path) -> np.ndarray:
@@ -56,9 +50,9 @@ def test_batch_end_to_end(folder, tmp_path):
     proc = run_hypersr("batch", folder, "-o", tmp_path / "out" / "{stem}.x2.mkv", "--job-dir", job, "--ffmpeg-args", "-c:v ffv1")
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"hypersr batch" in proc.stderr and b"pass two" in proc.stderr  # progress for the batch and each file
-    e01 = streams(tmp_path / "out" / "e01.x2.mkv")
-    assert [(s["codec_type"], s["codec_name"]) for s in e01] == [("video", "ffv1"), ("audio", "aac"), ("subtitle", "subrip")]
-    assert (e01[0]["width"], e01[0]["height"], int(e01[0]["nb_read_frames"])) == (256, 144, 20)
+    e01 = probe(tmp_path / "out" / "e01.x2.mkv")
+    assert [(s["codec_type"], s["codec_name"]) for s in e01] == [("video", "ffv1"), ("audio", "aac"), ("subtitle", "srt")]  # srt: FFmpeg's SubRip decoder
+    assert (e01[0]["width"], e01[0]["height"], e01[0]["frames"]) == (256, 144, 20)
     record = json.loads((job / "job.json").read_text())
     assert [e["state"] for e in record["entries"]] == ["done", "done"]
     # the encoded video is exactly what `hypersr upscale --lora` makes from the same file and LoRA
@@ -87,7 +81,7 @@ def test_batch_resumes_after_being_killed(folder, tmp_path):
     proc2 = subprocess.run(cmd, capture_output=True, timeout=300)
     assert proc2.returncode == 0, proc2.stderr.decode()
     assert (out / "e01.mkv").stat().st_mtime_ns == first  # the finished file was not redone
-    assert int(streams(out / "e02.mkv")[0]["nb_read_frames"]) == 20
+    assert probe(out / "e02.mkv")[0]["frames"] == 20
     assert sorted(p.name for p in out.iterdir()) == ["e01.mkv", "e02.mkv"]  # no partial files left
 
 

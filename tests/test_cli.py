@@ -9,7 +9,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, run_hypersr
+from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, probe, run_hypersr
 from hypersr.engine import presets
 from hypersr.engine.lora import LoRA, load_lora, lora_layers, save_lora
 from hypersr.ffmpeg_filter.y4m import Y4MReader
@@ -69,10 +69,8 @@ def test_two_pass_recipe_between_real_ffmpeg_processes(tmp_path):
         proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300)
         assert proc.returncode == 0, proc.stderr.decode()
         assert b"frame" in proc.stderr  # progress went to stderr, the video alone to stdout
-    probe = json.loads(subprocess.run(
-        ["ffprobe", "-v", "error", "-count_frames", "-show_entries", "stream=width,height,pix_fmt,nb_read_frames", "-of", "json", str(out)],
-        capture_output=True, check=True).stdout)["streams"][0]
-    assert (probe["width"], probe["height"], probe["pix_fmt"], int(probe["nb_read_frames"])) == (320, 192, "yuv420p10le", 12)
+    video = probe(out)[0]
+    assert (video["width"], video["height"], video["pix_fmt"], video["frames"]) == (320, 192, "yuv420p10le", 12)
     assert load_lora(lora).made_by["frames"] == 12
     # the LoRA changed the video: the same pipe without it differs
     plain = subprocess.run(["bash", "-o", "pipefail", "-c", f"{decode} | {HYPERSR} upscale - -o - -q"], capture_output=True, timeout=300).stdout

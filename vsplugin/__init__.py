@@ -22,6 +22,18 @@ core = vs.core
 PAST_END = "HypersrPastEnd"  # set by streaming sources on requests beyond the last frame
 
 
+def error_message(e: vs.Error, context: str = "") -> str:
+    """A vapoursynth.Error as one line. When a Python frame callback raised, VapourSynth puts the whole
+    traceback in the message: keep its last line. hypersr's own errors give their text alone; any other
+    error is prefixed with `context` (e.g. "processing failed")."""
+    lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    last = lines[-1] if lines else "unknown VapourSynth error"
+    kind, sep, text = last.partition(": ")
+    if sep and kind.startswith("hypersr.") and kind.endswith("Error"):
+        return text
+    return f"{context}: {last}" if context else last
+
+
 def window_clips(clip: vs.VideoNode, k: int = 1) -> list[vs.VideoNode]:
     """Clips shifted by -k..k frames, clip ends repeating: frame n of clip j is frame n+j-k.
 

@@ -1,0 +1,352 @@
+"""What a careless user does: outputs onto inputs, devices and FIFOs as outputs, full disks, absurd LoRA
+files, odd frame sizes, damaged streams, wrong devices and paths, Ctrl-C at any moment. Each case ends
+in one clear line or works, and never destroys or half-writes a file."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import resource
+import signal
+import stat
+import struct
+import subprocess
+import termios
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import HYPERSR, assert_clean_error, ffmpeg_y4m, preset_lora, probe, run_hypersr
+from hypersr.engine import presets
+from hypersr.engine.errors import HypersrError
+from hypersr.engine.lora import MAX_UPDATE_RATIO, load_lora, save_lora, update_ratio
+from hypersr.ffmpeg_filter.y4m import Y4MReader
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return ffmpeg_y4m(tmp_path_factory.mktemp("src") / "in.y4m", size="64x48", frames=3)
+
+
+@pytest.fixture
+def work(tmp_path, clip) -> Path:
+    """A folder holding in.y4m (a copy of the clip) and clip.lora (a valid LoRA for fast-x2)."""
+    (tmp_path / "in.y4m").write_bytes(clip.read_bytes())
+    save_lora(preset_lora(presets.get("fast-x2")), tmp_path / "clip.lora")
+    return tmp_path
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()}
+
+
+def frames_of(data: bytes) -> list:
+    import io
+
+    reader = Y4MReader(io.BytesIO(data))
+    frames = []
+    while (planes := reader.read()) is not None:
+        frames.append(planes)
+    return frames
+
+
+# --- no output may be an input --------------------------------------------------------------------
+
+SAME_FILE = {
+    "upscale-in-to-in": ["upscale", "in.y4m", "-o", "in.y4m", "-q"],
+    "upscale-dot-slash": ["upscale", "in.y4m", "-o", "./in.y4m", "-q"],
+    "upscale-symlink": ["upscale", "in.y4m", "-o", "link.y4m", "-q"],
+    "upscale-hard-link": ["upscale", "in.y4m", "-o", "hard.y4m", "-q"],
+    "analyse-in-to-in": ["analyse", "in.y4m", "-o", "in.y4m", "-q"],
+    "analyse-hard-link": ["analyse", "in.y4m", "-o", "hard.y4m", "-q"],
+    "upscale-onto-its-lora": ["upscale", "in.y4m", "-o", "clip.lora", "--lora", "clip.lora", "-q"],
+    "export-onnx-onto-its-lora": ["export", "onnx", "-o", "clip.lora", "--lora", "clip.lora"],
+    "export-torchscript-onto-its-lora": ["export", "torchscript", "-o", "clip.lora", "--lora", "clip.lora"],
+}
+
+
+@pytest.mark.parametrize("args", SAME_FILE.values(), ids=SAME_FILE.keys())
+def test_output_that_is_an_input_is_refused(work, args):
+    (work / "link.y4m").symlink_to("in.y4m")
+    os.link(work / "in.y4m", work / "hard.y4m")
+    before = snapshot(work)
+    assert_clean_error(run_hypersr(*args, cwd=work), "same file as the input")
+    assert snapshot(work) == before
+    assert (work / "link.y4m").is_symlink()
+
+
+def test_preset_files_are_inputs_too(work):
+    weights = presets.get("fast-x2").weights_path
+    before = weights.read_bytes()
+    assert_clean_error(run_hypersr("export", "onnx", "-o", weights), "same file as the input")
+    assert_clean_error(run_hypersr("upscale", work / "in.y4m", "-o", weights), "same file as the input")
+    assert weights.read_bytes() == before
+
+
+def test_stdin_and_stdout_that_are_the_input_file(work):
+    before = snapshot(work)
+    with open(work / "in.y4m", "rb") as stdin:
+        assert_clean_error(run_hypersr("upscale", "-", "-o", work / "in.y4m", stdin=stdin), "same file as the input stdin")
+    with open(work / "in.y4m", "ab") as stdout:  # `hypersr upscale in.y4m -o - >> in.y4m`
+        proc = subprocess.run([HYPERSR, "upscale", str(work / "in.y4m"), "-o", "-"], stdout=stdout, stderr=subprocess.PIPE, timeout=300)
+    assert_clean_error(proc, "output stdout is the same file")
+    assert snapshot(work) == before
+
+
+def test_batch_output_that_is_an_input_is_refused(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
+                    str(folder / "a.mkv")], check=True)
+    os.link(folder / "a.mkv", folder / "copy.mkv")
+    before = (folder / "a.mkv").read_bytes()
+    proc = run_hypersr("batch", folder / "a.mkv", "-o", "{dir}/copy.mkv", "--job-dir", tmp_path / "job")
+    assert_clean_error(proc, "same file as the input")
+    assert (folder / "a.mkv").read_bytes() == before
+
+
+# --- outputs that are not regular files are written, not replaced -----------------------------------
+
+def test_dev_null_stays_a_device(work):
+    for args in (["upscale", work / "in.y4m", "-q"], ["analyse", work / "in.y4m", "-q"], ["export", "onnx"]):
+        proc = run_hypersr(*args, "-o", "/dev/null")
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert stat.S_ISCHR(os.stat("/dev/null").st_mode)
+
+
+def test_fifo_output_is_written_into(work):
+    fifo = work / "out.fifo"
+    os.mkfifo(fifo)
+    got = {}
+    reader = threading.Thread(target=lambda: got.setdefault("data", fifo.read_bytes()))
+    reader.start()
+    proc = run_hypersr("upscale", work / "in.y4m", "-o", fifo, "-q")
+    reader.join(60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+    assert len(frames_of(got["data"])) == 3
+
+
+def test_symlink_output_is_written_through(work):
+    (work / "target.y4m").write_bytes(b"old")
+    (work / "link.y4m").symlink_to("target.y4m")
+    assert run_hypersr("upscale", work / "in.y4m", "-o", work / "link.y4m", "-q").returncode == 0
+    assert (work / "link.y4m").is_symlink() and len(frames_of((work / "target.y4m").read_bytes())) == 3
+
+
+# --- full disks -----------------------------------------------------------------------------------
+
+def _file_size_limit(limit: int):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # then a write past the limit fails with EFBIG, as on a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.parametrize("args", [["upscale", "in.y4m", "-o", "out.y4m", "-q"], ["analyse", "in.y4m", "-o", "out.lora", "-q"],
+                                  ["export", "onnx", "-o", "out.onnx"], ["export", "torchscript", "-o", "out.pt"]],
+                         ids=["upscale", "analyse", "onnx", "torchscript"])
+def test_disk_full_while_writing_a_file(work, args):
+    before = snapshot(work)
+    proc = run_hypersr(*args, cwd=work, preexec_fn=_file_size_limit(2000))
+    assert_clean_error(proc, "cannot write", "out.")
+    assert snapshot(work) == before  # no partial output, no temp file
+
+
+def test_stdout_to_a_full_device(work):
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([HYPERSR, "upscale", str(work / "in.y4m"), "-o", "-", "-q"], stdout=full, stderr=subprocess.PIPE, timeout=300)
+    assert_clean_error(proc, "cannot write stdout", "no space left")
+
+
+# --- absurd LoRA files and NaN ----------------------------------------------------------------------
+
+def _scaled_lora(path: Path, how: str) -> Path:
+    lora = preset_lora(presets.get("fast-x2"))
+    if how == "all-1e30":
+        lora.factors = {n: (torch.full_like(A, 1e30), torch.full_like(B, 1e30)) for n, (A, B) in lora.factors.items()}
+    else:  # one value 1e10
+        name = sorted(lora.factors)[0]
+        A, B = lora.factors[name]
+        A = A.clone()
+        A[0, 0] = 1e10
+        lora.factors[name] = (A, B)
+    save_lora(lora, path)
+    return path
+
+
+@pytest.mark.parametrize("how", ["all-1e30", "one-1e10"])
+def test_absurd_lora_is_refused(work, how):
+    lora = _scaled_lora(work / "absurd.lora", how)
+    assert load_lora(lora)  # finite values: the file itself reads
+    for args in (["upscale", work / "in.y4m", "-o", work / "out.y4m"], ["export", "onnx", "-o", work / "out.onnx"]):
+        assert_clean_error(run_hypersr(*args, "--lora", lora), "absurd.lora", "times its own weights")
+    assert not (work / "out.y4m").exists() and not (work / "out.onnx").exists()
+
+
+def test_real_loras_stay_far_inside_the_bound(work):
+    """The rule refuses nothing hypersr makes: a refined LoRA of a real clip changes each layer by < 1/4 of the bound."""
+    proc = run_hypersr("analyse", work / "in.y4m", "-o", work / "real.lora", "--refine", "20", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    lora = load_lora(work / "real.lora")
+    layers = dict(presets.load_model("fast-x2").named_modules())
+    ratios = [update_ratio(layers[n].weight, A, B, lora.strength) for n, (A, B) in lora.factors.items()]
+    assert 0 < max(ratios) < MAX_UPDATE_RATIO / 4
+
+
+def test_nan_is_never_written():
+    import vapoursynth as vs
+
+    from hypersr import vsplugin as hsr
+    from hypersr.engine.runtime import Upscaler
+    from hypersr.vsplugin.io import clip_from_array
+
+    frames = np.full((3, 3, 24, 32), 0.5, np.float32)
+    frames[1, 0, 5, 5] = np.nan
+    with pytest.raises(HypersrError, match="NaN"):
+        Upscaler("fast-x2", device="cpu")(frames)
+    with pytest.raises(vs.Error, match="NaN"):
+        hsr.upscale(clip_from_array(frames), device="cpu").get_frame(1)
+
+
+# --- odd frame sizes --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv420p10le"])
+def test_odd_size_subsampled_input(tmp_path, pix_fmt):
+    src = ffmpeg_y4m(tmp_path / "odd.y4m", pix_fmt, size="64x48", frames=3, extra=["-vf", "scale=65:49"])
+    assert b"W65 H49" in src.read_bytes()[:64]
+    proc = run_hypersr("upscale", src, "-o", tmp_path / "out.y4m", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    frames_in, frames_out = frames_of(src.read_bytes()), frames_of((tmp_path / "out.y4m").read_bytes())
+    assert len(frames_out) == 3
+    chroma = (98, 65) if pix_fmt == "yuv422p" else (49, 65)  # FFmpeg's layout of a 130x98 frame
+    assert [p.shape for p in frames_out[0]] == [(98, 130), chroma, chroma]
+    for p in range(3):  # every plane keeps its level: the padding is cropped off, not kept or shifted in
+        assert abs(float(frames_out[1][p].mean()) - float(frames_in[1][p].mean())) < 0.02 * (1023 if "10" in pix_fmt else 255)
+    assert probe(tmp_path / "out.y4m")[0]["frames"] == 3  # FFmpeg reads it
+    proc = run_hypersr("analyse", src, "-o", tmp_path / "odd.lora", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
+# --- damaged streams: the complete frames before the damage are kept, whatever the damage ----------
+
+@pytest.mark.parametrize("damage", ["missing", "damaged"])
+def test_frame_marker_missing_or_damaged_mid_stream(tmp_path, clip, damage):
+    header, rest = clip.read_bytes().split(b"\n", 1)
+    n = len(rest) // 3
+    marker = b"" if damage == "missing" else b"FRAMX\n"
+    data = header + b"\n" + rest[:n] + marker + rest[n + 6 :]
+    proc = run_hypersr("upscale", "-", "-o", tmp_path / "out.y4m", input_bytes=data)
+    line = assert_clean_error(proc, "frame 1", "'FRAME' marker", "the 1 complete frame was processed")
+    assert "Traceback" not in line and len(frames_of((tmp_path / "out.y4m").read_bytes())) == 1
+    assert_clean_error(run_hypersr("analyse", "-", "-o", tmp_path / "x.lora", input_bytes=data), "'FRAME' marker", "no LoRA written")
+    assert not (tmp_path / "x.lora").exists()
+
+
+def test_no_complete_frame_reads_well(tmp_path, clip):
+    data = clip.read_bytes()
+    assert_clean_error(run_hypersr("upscale", "-", "-o", tmp_path / "o.y4m", input_bytes=data[:200]),
+                       "middle of frame 0", "no complete frame was processed")
+
+
+# --- wrong devices and paths ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device, words", [("foo", "unknown device 'foo'"), ("cuda:x", "unknown device"), ("tpu", "unknown device")])
+def test_bad_device(work, device, words):
+    for args in (["upscale", work / "in.y4m", "-o", work / "o.y4m"], ["analyse", work / "in.y4m", "-o", work / "o.lora"]):
+        assert_clean_error(run_hypersr(*args, "--device", device), words, "cpu")
+    assert not (work / "o.y4m").exists() and not (work / "o.lora").exists()
+
+
+def test_folders_and_unreadable_paths(work):
+    assert_clean_error(run_hypersr("upscale", work, "-o", work / "o.y4m"), "is a folder, not a file")
+    assert_clean_error(run_hypersr("analyse", work, "-o", work / "o.lora"), "is a folder, not a file")
+    assert_clean_error(run_hypersr("upscale", work / "in.y4m", "-o", work), "is a folder")
+    assert_clean_error(run_hypersr("upscale", work / "in.y4m", "--lora", work, "-o", work / "o.y4m"), "is a folder, not a file")
+    # a path through a file is "not a directory", not "does not exist"
+    assert_clean_error(run_hypersr("upscale", work / "in.y4m", "--lora", work / "in.y4m" / "x.lora", "-o", work / "o.y4m"), "not a directory")
+    assert_clean_error(run_hypersr("upscale", work / "nope.y4m", "-o", work / "o.y4m"), "does not exist")
+    assert not (work / "o.y4m").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads every file: permissions cannot be tested as root")
+def test_unreadable_lora_says_permission_denied(work):
+    (work / "clip.lora").chmod(0)
+    try:
+        assert_clean_error(run_hypersr("upscale", work / "in.y4m", "--lora", work / "clip.lora", "-o", work / "o.y4m"), "permission denied")
+    finally:
+        (work / "clip.lora").chmod(0o644)
+
+
+def test_batch_without_ffmpeg_on_path_uses_imageio_ffmpeg(tmp_path):
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
+                    str(folder / "a.mkv")], check=True)
+    empty = tmp_path / "empty-path"
+    empty.mkdir()
+    env = {**os.environ, "PATH": str(empty)}
+    proc = run_hypersr("batch", folder, "-o", tmp_path / "out" / "{stem}.mkv", "--job-dir", tmp_path / "job",
+                       "--ffmpeg-args", "-c:v ffv1", env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert probe(tmp_path / "out" / "a.mkv")[0]["width"] == 128
+    proc = run_hypersr("batch", folder, "-o", tmp_path / "out2" / "{stem}.mkv", "--job-dir", tmp_path / "job2", "--ffmpeg", "no-such-ffmpeg")
+    assert_clean_error(proc, "no-such-ffmpeg", "not found")
+
+
+# --- Ctrl-C -----------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory) -> Path:
+    return ffmpeg_y4m(tmp_path_factory.mktemp("long") / "long.y4m", size="320x180", frames=120)
+
+
+@pytest.mark.parametrize("delay", [0.1, 0.3, 0.6, 1.0, 1.5])
+def test_ctrl_c_during_start_up(tmp_path, long_clip, delay):
+    """The signal lands while Python starts or imports torch: the same clean end as later on."""
+    proc = subprocess.Popen([HYPERSR, "upscale", str(long_clip), "-o", str(tmp_path / "o.y4m")], stderr=subprocess.PIPE)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1].decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and err.rstrip().endswith("hypersr: interrupted"), err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_message_starts_its_own_line(tmp_path):
+    """Ctrl-C in a terminal on `ffmpeg | hypersr analyse -`: the progress bar's line ends before the message."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size: tqdm draws to its width
+    src = subprocess.Popen(["ffmpeg", "-v", "quiet", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-t", "30",
+                            "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([HYPERSR, "analyse", "-", "-o", str(tmp_path / "o.lora")], stdin=src.stdout, stderr=slave,
+                            stdout=subprocess.DEVNULL)
+    src.stdout.close()
+    os.close(slave)
+    out = bytearray()
+    deadline = time.time() + 120
+    while b"frame/s]" not in out and time.time() < deadline:  # the progress bar is showing
+        out += os.read(master, 65536)
+    src.send_signal(signal.SIGINT)  # Ctrl-C reaches the whole pipeline
+    proc.send_signal(signal.SIGINT)
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait(60) == 130
+    src.wait(60)
+    os.close(master)
+    text = bytes(out).replace(b"\r\n", b"\n")
+    at = text.index(b"hypersr: interrupted")
+    assert text[at - 1 : at] == b"\n", text[-200:]
+    assert not (tmp_path / "o.lora").exists()
+
