@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -17,12 +18,12 @@ DEFAULT_DATA_DIR = Path(os.environ.get("HYPERSR_DATA", Path.home() / ".cache" / 
 
 
 def cmd_train_base(args) -> None:
-    from .engine import presets
-    from .engine.train import train_base
+    from .engine import preset_registry
+    from .training.train import train_base
 
-    preset = presets.get(args.preset)
+    preset = preset_registry.get(args.preset)
     hp = dict(preset.card["training"]["hyperparameters"])
-    for key in ("steps", "batch", "patch", "lr", "seed"):
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     arch = dict(preset.card["architecture"])
@@ -37,10 +38,14 @@ def cmd_train_base(args) -> None:
                          preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
         pack = args.pack or args.data_dir / "train-pack.npz"
-        record = training_record(args, hp, pack, t0, "training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) "
-                                 "filmed by a simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
-                                 "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
-        presets.install_weights(preset, weights, record)
+        data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) filmed by a "
+                "simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
+                "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
+        if preset.card["training"].get("degradation") == "real":
+            data += ("; every training window degraded by its own sampled real-source chain (training/degradation.py: optical blur, "
+                     "one of six downscalers, Gaussian noise or grain, 4:2:0, H.264 / MPEG-2 / MJPEG through PyAV), a tenth clean BI")
+        record = training_record(args, hp, pack, t0, data)
+        preset_registry.install_weights(preset, weights, record)
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
 
 
@@ -55,10 +60,10 @@ def training_record(args, hp: dict, pack: Path, t0: float, data: str) -> dict:
 
 
 def cmd_train_hypernet(args) -> None:
-    from .engine import presets
-    from .engine.train import HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
+    from .engine import preset_registry
+    from .training.train import HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
 
-    preset = presets.get(args.preset)
+    preset = preset_registry.get(args.preset)
     section = preset.card.get("hypernet", {})
     hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **section.get("training", {}).get("hyperparameters", {})}
     for key in ("steps", "lr", "seed", "size"):
@@ -74,7 +79,7 @@ def cmd_train_hypernet(args) -> None:
     if args.install:
         data = ("meta-training on the training pack: single-shot clips (simulated camera over the scenes, carphone_pristine) "
                 "and two-shot clips of one scene (close-up + distant shot); base weights frozen")
-        presets.install_hypernet(preset, weights, arch, training_record(args, hp, pack, t0, data))
+        preset_registry.install_hypernet(preset, weights, arch, training_record(args, hp, pack, t0, data))
         print(f"installed {weights} as the hypernet of preset {preset.name}", file=sys.stderr)
 
 
@@ -109,22 +114,25 @@ def cmd_analyse(args) -> None:
 
 
 def cmd_batch(args) -> None:
-    from .batch.local import run_batch
+    from .batch.job import job_settings
 
     t0 = time.time()
+    settings = job_settings(args.preset, args.refine, args.device, args.ffmpeg, args.ffmpeg_args)
     if args.ray:
         from .batch.cluster import run_batch_ray
 
-        job = run_batch_ray(args.ray, args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
+        job = run_batch_ray(args.ray, args.inputs, args.output, Path(args.job_dir), settings)
     else:
-        job = run_batch(args.inputs, args.output, Path(args.job_dir), args.ffmpeg_args, args.preset, args.refine, args.device, args.ffmpeg)
+        from .batch.local import run_batch
+
+        job = run_batch(args.inputs, args.output, Path(args.job_dir), settings)
     frames = sum(e.frames or 0 for e in job.entries)
     print(f"hypersr batch: {len(job.entries)} files done ({frames} frames analysed this job) in {time.time() - t0:.0f} s; "
           f"job record in {job.path}", file=sys.stderr)
 
 
 def cmd_data(args) -> None:
-    from .engine import data
+    from .training import data
 
     data.fetch(args.data_dir)
     if args.what == "pack":
@@ -134,7 +142,7 @@ def cmd_data(args) -> None:
 
 
 def cmd_bench_runs(args) -> None:
-    from .engine.evaluate import evaluate_runs, runs_table, validation_clips
+    from .training.evaluate import evaluate_runs, runs_table, validation_clips
 
     t0 = time.time()
     print(runs_table(evaluate_runs(args.runs, validation_clips(args.data_dir, args.clips), args.device)))
@@ -142,11 +150,11 @@ def cmd_bench_runs(args) -> None:
 
 
 def cmd_bench_quality(args) -> None:
-    from .engine import presets
-    from .engine.evaluate import evaluate, table, validation_clips
+    from .engine import preset_registry
+    from .training.evaluate import evaluate, table, validation_clips
 
-    names = args.preset or [presets.DEFAULT_PRESET]
-    scales = {presets.get(n).scale for n in names}
+    names = args.preset or [preset_registry.DEFAULT_PRESET]
+    scales = {preset_registry.get(n).scale for n in names}
     if len(scales) != 1:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
@@ -156,9 +164,9 @@ def cmd_bench_quality(args) -> None:
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
     if args.update_card:
         for n in names:
-            p = presets.get(n)
+            p = preset_registry.get(n)
             card = dict(p.card)
-            card["complexity"] = presets.complexity(p)
+            card["complexity"] = preset_registry.complexity(p)
             card["validation"] = {
                 "degradation": "bi",
                 "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in ("bicubic", "lanczos") or m.startswith(n)}
@@ -166,17 +174,47 @@ def cmd_bench_quality(args) -> None:
                 "command": "hypersr " + shlex.join(sys.argv[1:]),
                 "torch": __import__("torch").__version__,
             }
-            presets.write_card(p, card)
+            preset_registry.write_card(p, card)
             print(f"updated {p.card_path}", file=sys.stderr)
+
+
+def cmd_bench_real(args) -> None:
+    import torch
+
+    from .training import bench_real, degradation
+    from .training.evaluate import comparison_png, validation_clips
+
+    chains = args.chain or list(degradation.CHAINS)
+    unknown = sorted(set(chains) - set(degradation.CHAINS))
+    if unknown:
+        raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
+    t0 = time.time()
+    clips = {name: hr[args.first : args.first + args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
+    results, picture = bench_real.bench_real(args.preset or ["fast-x2", "real-x2"], clips, chains, args.refine, not args.no_ceiling,
+                                             args.device or "cpu", progress=lambda line: print(line, file=sys.stderr))
+    table = bench_real.summarise(results)
+    print("Y-PSNR (dB)\n" + bench_real.format_table(table) + "\n\nSSIM\n" + bench_real.format_table(table, "ssim"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if picture:
+        png = args.out / f"real_{picture['chain']}_{picture['clip']}.png"
+        cols = picture["columns"]
+        comparison_png(png, {f"{m}  {results[picture['chain']][picture['clip']][m]['y_psnr']:.2f} dB" if m != "original" else m: v
+                             for m, v in cols.items()}, len(cols["original"]) // 2)
+        print(f"comparison: {png}", file=sys.stderr)
+    record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__}
+    (args.out / "bench_real.json").write_text(json.dumps(record, indent=1))
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped; frames {args.first}..{args.first + args.frames - 1} "
+          f"of each clip; {torch.get_num_threads()} threads, CPU: {cpu_name()})", file=sys.stderr)
 
 
 def cmd_bench_memory(args) -> None:
     import torch
 
-    from .engine import bench_memory, presets
-    from .engine.evaluate import validation_clips
+    from .engine import preset_registry
+    from .training import bench_memory
+    from .training.evaluate import validation_clips
 
-    p = presets.get(args.preset)
+    p = preset_registry.get(args.preset)
     t0 = time.time()
     print("real validation clips", file=sys.stderr)
     real = bench_memory.real_clips(p.name, validation_clips(args.data_dir, args.clips), args.refine)
@@ -196,24 +234,27 @@ def cmd_bench_memory(args) -> None:
             "command": "hypersr " + shlex.join(sys.argv[1:]),
             "torch": torch.__version__,
         }}
-        presets.write_card(p, card)
+        preset_registry.write_card(p, card)
         print(f"updated {p.card_path}", file=sys.stderr)
 
 
 def cmd_bench_speed(args) -> None:
     import torch
 
-    from .engine import bench_speed, presets
+    from .engine import preset_registry
+    from .training import bench_speed
 
     backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     sizes = None
     if args.size:
         w, _, h = args.size.partition("x")
         sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
-    rows, peaks = bench_speed.bench(args.preset or presets.available(), backends, args.frames, sizes,
+    rows, peaks = bench_speed.bench(args.preset or preset_registry.available(), backends, args.frames, sizes,
                                     progress=lambda line: print(line, file=sys.stderr))
     print(bench_speed.table(rows, peaks))
-    machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads" + (f"; GPU: {torch.cuda.get_device_name()}" if {"cuda", "trt"} & set(backends) else "")
+    machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+    if {"cuda", "trt"} & set(backends):
+        machine += f"; GPU: {torch.cuda.get_device_name()}"
     print("measured peak: " + ", ".join(f"{b} {g:.0f} GFLOP/s" for b, g in peaks.items()) + f"; {machine}; torch {torch.__version__}")
 
 
@@ -228,7 +269,7 @@ def cmd_export(args) -> None:
 
 
 def cmd_demo(args) -> None:
-    from .demo import run_demo
+    from .training.demo import run_demo
 
     run_demo(args.sample, args.out, args.preset, args.device)
 
@@ -311,6 +352,19 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--device", default="cpu")
     br.set_defaults(func=cmd_bench_runs)
 
+    brl = bench.add_parser("real", help="quality on real-source degradations (codecs, blur, noise): peers, presets, memory, ceiling")
+    brl.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2 and real-x2)")
+    brl.add_argument("--chain", action="append", help="degradation chain (repeatable; default all)")
+    brl.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    brl.add_argument("--frames", type=int, default=24, help="frames per clip (default %(default)s)")
+    brl.add_argument("--first", type=int, default=0, help="first frame of each clip (default %(default)s)")
+    brl.add_argument("--refine", type=int, default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
+    brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
+    brl.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    brl.add_argument("--device", default=None)
+    brl.add_argument("--out", type=Path, default=Path("bench-out"), help="where the comparison PNG and the JSON go (default %(default)s)")
+    brl.set_defaults(func=cmd_bench_real)
+
     bm = bench.add_parser("memory", help="the hypernet's gain on real clips and the memory test; pass one's time and memory")
     bm.add_argument("--preset", default="fast-x2")
     bm.add_argument("--refine", type=int, nargs="+", default=[10, 50], help="refine steps to compare (default 10 50)")
@@ -351,6 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--patch", type=int)
     tb.add_argument("--lr", type=float)
     tb.add_argument("--seed", type=int)
+    tb.add_argument("--val-every", type=int, help="steps between validations and checkpoints (default 250)")
     tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
     tb.set_defaults(func=cmd_train_base)
     th = training_parser(train, "hypernet", "meta-train a preset's hypernet (its base weights frozen)", "runs/PRESET-hypernet")
@@ -363,14 +418,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Stderr:
+    """sys.stderr, remembering whether the last thing written ended its line: a progress bar's line ends
+    with a carriage return, and a message after it must start a line of its own."""
+
+    def __init__(self, stream):
+        self._stream, self.at_line_start = stream, True
+
+    def write(self, text: str) -> int:
+        if text:
+            self.at_line_start = text.endswith("\n")
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def _end_progress_lines() -> None:
-    """Close the progress bars still open, so that the message after them starts a line of its own."""
+    """Close the progress bars still open, and end the line a bar was drawn on."""
     tqdm = sys.modules.get("tqdm")
     for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", [])):
         try:
             bar.close()
         except Exception:  # noqa: BLE001  (a bar on a closed stream: nothing left to tidy)
             pass
+    if isinstance(sys.stderr, _Stderr) and not sys.stderr.at_line_start:
+        sys.stderr.write("\n")
 
 
 def _silence_stdout() -> None:
@@ -394,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     leaving no output behind; the handlers come first, as importing torch takes seconds."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
+    sys.stderr = _Stderr(sys.stderr)
     code = 0
     try:
         args = build_parser().parse_args(argv)
@@ -401,6 +475,10 @@ def main(argv: list[str] | None = None) -> int:
             from .engine.runtime import keep_large_buffers
 
             keep_large_buffers()
+        if args.command in ("bench", "train", "data"):
+            from .training import require_extras
+
+            require_extras(f"{args.command} {args.what}")
         args.func(args)
     except HypersrError as e:
         _end_progress_lines()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,8 +25,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..engine.errors import HypersrError
+from .encode import encode_command, partial_path, run_ffmpeg, segment_command
 from .job import Entry, Job, expand_inputs
-from .local import encode_command, partial_path
 
 SEGMENT_FRAMES = 300  # frames per pass-two segment (pass one uses one segment per worker)
 
@@ -80,18 +79,8 @@ class Worker:
 
         source, rgb = _open_rgb(path)
         out = output_clip(source, upscale(rgb, lora=lora, preset=self.preset, device=self.device))[first:last]
-        tmp = partial_path(Path(target))
-        proc = subprocess.Popen([ffmpeg, "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-c:v", "ffv1", "-y", str(tmp)],
-                                stdin=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            write_y4m(out, source.header, proc.stdin, last - first, progress=False)
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass  # ffmpeg stopped reading: its message says why
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            raise RuntimeError(f"ffmpeg failed writing segment {target}: {err.strip()}")
-        tmp.replace(target)
+        run_ffmpeg(segment_command(ffmpeg, partial_path(Path(target))), Path(target),
+                   feed=lambda stdin: write_y4m(out, source.header, stdin, last - first, progress=False))
         return target
 
 
@@ -141,51 +130,25 @@ def process_file(ray, job: Job, entry: Entry, workers: list) -> None:
     concat.write_text("".join(f"file '{t}'\n" for t in targets))
     final = Path(entry.output)
     final.parent.mkdir(parents=True, exist_ok=True)
-    cmd = encode_command(s["ffmpeg"], entry.source, partial_path(final), s["ffmpeg_args"], ["-f", "concat", "-safe", "0", "-i", str(concat)])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        partial_path(final).unlink(missing_ok=True)
-        raise HypersrError(f"ffmpeg failed encoding {final.name}: {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
-    partial_path(final).replace(final)
+    run_ffmpeg(encode_command(s["ffmpeg"], entry.source, partial_path(final), s["ffmpeg_args"], ["-f", "concat", "-safe", "0", "-i", str(concat)]),
+               final)
     for t in targets:
         t.unlink()
     entry.seconds["pass_two"] = round(time.time() - t0, 2)
 
 
-def run_batch_ray(address: str, inputs: list[str], template: str, job_dir: Path, ffmpeg_args: str, preset: str | None, refine: int,
-                  device: str | None, ffmpeg: str | None = None) -> Job:
-    from ..engine import presets
-    from ..ffmpeg_filter.tool import ffmpeg_executable
-
-    if refine:
+def run_batch_ray(address: str, inputs: list[str], template: str, job_dir: Path, settings: dict) -> Job:
+    """settings: from job.job_settings()."""
+    if settings["refine"]:
         raise HypersrError("--refine is not available with --ray yet: test-time training needs the whole clip in one place")
-    files = expand_inputs(inputs)
-    settings = {"preset": presets.get(preset).name, "refine": 0, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg),
-                "ffmpeg_args": ffmpeg_args}
-    job = Job.open(job_dir, files, template, settings)
+    job = Job.open(job_dir, expand_inputs(inputs), template, settings)
     ray = connect(address)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))
         count = max(1, gpus or int(resources.get("CPU", 1)))
         actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=1 if gpus else 0, max_restarts=3, max_task_retries=3)(Worker)
-        workers = [actor.remote(settings["preset"], device) for _ in range(count)]
-        failed = []
-        with tqdm(total=len(job.entries), unit="file", desc="hypersr batch (ray)", file=sys.stderr, dynamic_ncols=True) as bar:
-            bar.update(sum(e.state == "done" for e in job.entries))
-            for entry in job.entries:
-                if entry.state == "done":
-                    continue
-                try:
-                    process_file(ray, job, entry, workers)
-                    entry.state = "done"
-                    job.save()
-                except (HypersrError, ray.exceptions.RayError) as e:
-                    failed.append(f"{entry.source}: {str(e).splitlines()[0]}")
-                    tqdm.write(f"hypersr batch: {failed[-1]}", file=sys.stderr)
-                bar.update()
+        workers = [actor.remote(settings["preset"], settings["device"]) for _ in range(count)]
+        return job.run(lambda entry: process_file(ray, job, entry, workers), "hypersr batch (ray)", (HypersrError, ray.exceptions.RayError))
     finally:
         ray.shutdown()
-    if failed:
-        raise HypersrError(f"{len(failed)} of {len(job.entries)} files failed (run the same command again to retry them): " + "; ".join(failed))
-    return job

@@ -13,14 +13,28 @@ import glob
 import hashlib
 import json
 import os
+import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from ..engine.errors import HypersrError
 from ..engine.files import atomic_write, refuse_same_file
 
 VIDEO_SUFFIXES = {".mkv", ".mp4", ".mov", ".avi", ".webm", ".m4v", ".ts", ".m2ts", ".mpg", ".mpeg", ".wmv", ".flv", ".y4m"}
 JOB_VERSION = 1
+
+
+def job_settings(preset: str | None, refine: int, device: str | None, ffmpeg: str | None, ffmpeg_args: str) -> dict:
+    """What a job is made with (recorded in job.json; a run with other settings starts the job again).
+    `ffmpeg`: the executable to encode with (default: the one on PATH, else imageio-ffmpeg's)."""
+    from ..engine import preset_registry
+    from ..ffmpeg_filter.tool import ffmpeg_executable
+
+    return {"preset": preset_registry.get(preset).name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg),
+            "ffmpeg_args": ffmpeg_args}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -88,6 +102,27 @@ class Job:
     def save(self) -> None:
         text = json.dumps({"version": JOB_VERSION, "settings": self.settings, "entries": [asdict(e) for e in self.entries]}, indent=1)
         atomic_write(self.path, lambda tmp: Path(tmp).write_text(text))
+
+    def run(self, process: Callable[[Entry], None], desc: str, errors: tuple[type[BaseException], ...] = (HypersrError,)) -> Job:
+        """process(entry) for every file not done yet, in order, recording each that completes. A file that
+        fails with one of `errors` is reported and the others go on; then one error names them all."""
+        failed = []
+        with tqdm(total=len(self.entries), unit="file", desc=desc, file=sys.stderr, position=0, dynamic_ncols=True) as bar:
+            bar.update(sum(e.state == "done" for e in self.entries))
+            for entry in self.entries:
+                if entry.state == "done":
+                    continue
+                try:
+                    process(entry)
+                    entry.state = "done"
+                    self.save()
+                except errors as e:
+                    failed.append(f"{entry.source}: {str(e).strip().splitlines()[0]}")
+                    tqdm.write(f"hypersr batch: {failed[-1]}", file=sys.stderr)
+                bar.update()
+        if failed:
+            raise HypersrError(f"{len(failed)} of {len(self.entries)} files failed (run the same command again to retry them): " + "; ".join(failed))
+        return self
 
     @staticmethod
     def open(directory: Path, files: list[Path], template: str, settings: dict) -> Job:

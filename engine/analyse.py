@@ -19,10 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import presets
+from . import preset_registry
 from .errors import HypersrError
 from .hypernet import ClipSummary, downscale
 from .lora import LoRA, lora_applied
+from .losses import charbonnier
 from .runtime import resolve_device
 
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
@@ -74,10 +75,10 @@ class Analyser:
     def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0):
         if refine < 0:
             raise HypersrError(f"--refine must be 0 or more steps, not {refine}")
-        self.preset = presets.get(preset)
+        self.preset = preset_registry.get(preset)
         self.device = resolve_device(device)
-        self.base = presets.load_model(self.preset, device=str(self.device))
-        self.hypernet, self.hypernet_sha256 = presets.load_hypernet(self.preset, self.base, device=str(self.device))
+        self.base = preset_registry.load_model(self.preset, device=str(self.device))
+        self.hypernet, self.hypernet_sha256 = preset_registry.load_hypernet(self.preset, self.base, device=str(self.device))
         self.refine = refine
         self.summary = self.hypernet.empty_summary(self.device)
         self.first, self.n = first_index, 0
@@ -158,7 +159,7 @@ class Analyser:
         if self.refine:
             factors = refine_factors(self.base, factors, np.stack(self._windows), self.refine, self.preset.scale, self._rng)
         return LoRA(
-            preset=self.preset.name, base_sha256=self.preset.sha256, scale=self.preset.scale, rank=self.hypernet.rank,
+            preset=self.preset.name, base_sha256=self.preset.sha256, upscale_factor=self.preset.scale, rank=self.hypernet.rank,
             factors={k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()},
             clip_fingerprint=self.fingerprint(),
             made_by={"tool": "hypersr analyse", "hypernet_sha256": self.hypernet_sha256, "refine": self.refine, "frames": self.n},
@@ -172,7 +173,6 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     Every fourth window is held out; the result is the step with the lowest held-out loss (checked every
     REFINE_CHECK steps), so refining never returns a LoRA that fits the clip's own pairs worse than where
     it started, and stops following the training pairs once they stop generalising."""
-    from .train import charbonnier
 
     device = next(base.parameters()).device
     params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in factors.items()}

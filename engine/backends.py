@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -28,6 +30,26 @@ from .files import atomic_write, sha256_file
 
 BACKENDS = ("cpu", "cuda", "trt")
 TRT_INSTALL = "pip install 'hypersr[trt]'"
+
+
+class Backend(Protocol):
+    """What the Upscaler asks of a backend. A slot is one concurrent caller's own state (on a GPU: its CUDA
+    stream and pinned buffers); the Upscaler hands each caller a slot of its own for the whole frame."""
+
+    model: torch.nn.Module  # the network as this backend runs it (LoRA merged)
+    device: torch.device
+    dtype: torch.dtype
+
+    def new_slot(self) -> Any: ...
+
+    def to_device(self, window: np.ndarray, slot: Any) -> torch.Tensor:
+        """[2k+1, 3, H, W] float32 on the host -> [1, 2k+1, 3, H, W] on the device, in the backend's dtype."""
+
+    def forward(self, x: torch.Tensor, slot: Any) -> torch.Tensor:
+        """[1, 2k+1, 3, h, w] -> [1, 3, s*h, s*w] (a whole frame or one tile)."""
+
+    def to_host(self, y: torch.Tensor, slot: Any) -> np.ndarray:
+        """[1, 3, H', W'] -> [3, H', W'] float32 on the host, clamped to 0..1."""
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
@@ -184,7 +206,7 @@ class EngineCache:
 
 
 def default_trt_cache() -> Path:
-    return Path.home() / ".cache" / "hypersr" / "trt"
+    return Path(os.environ.get("HYPERSR_CACHE") or Path.home() / ".cache" / "hypersr") / "trt"
 
 
 class TrtBackend(CudaBackend):

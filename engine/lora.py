@@ -1,7 +1,7 @@
 """LoRA: convolution layers that carry low-rank factors, and the LoRA file format.
 
 A LoRA for a clip is a pair of factors per adapted layer: A (rank x in*kh*kw) and B (out x rank).
-The layer's effective weight is W + scale * (B @ A) reshaped to the kernel. `merge()` folds that into W
+The layer's effective weight is W + strength * (B @ A) reshaped to the kernel. `merge()` folds that into W
 so that pass two costs exactly the base model; `unmerge()` restores W bit for bit (it keeps a copy).
 
 The LoRA file (`hypersr analyse -o clip.lora`) is a safetensors file:
@@ -38,13 +38,13 @@ MAX_UPDATE_RATIO = 1.0  # the largest ||strength * B @ A|| / ||W|| a LoRA file m
 
 
 class LoRAConv2d(nn.Conv2d):
-    """A Conv2d that may carry LoRA factors (A, B, scale) on top of its frozen base weight."""
+    """A Conv2d that may carry LoRA factors (A, B, strength) on top of its frozen base weight."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.lora_A: torch.Tensor | None = None
         self.lora_B: torch.Tensor | None = None
-        self.lora_scale = 1.0
+        self.lora_strength = 1.0
         self._base_weight: torch.Tensor | None = None  # set while merged
 
     @property
@@ -55,7 +55,7 @@ class LoRAConv2d(nn.Conv2d):
     def merged(self) -> bool:
         return self._base_weight is not None
 
-    def set_lora(self, A: torch.Tensor | None, B: torch.Tensor | None, scale: float = 1.0) -> None:
+    def set_lora(self, A: torch.Tensor | None, B: torch.Tensor | None, strength: float = 1.0) -> None:
         if self.merged:
             raise RuntimeError("unmerge() before changing the LoRA of a merged layer")
         if A is not None:
@@ -64,7 +64,7 @@ class LoRAConv2d(nn.Conv2d):
                     f"LoRA factors A{tuple(A.shape)} B{tuple(B.shape)} do not fit a conv with "
                     f"{self.out_channels} outputs and fan-in {self.fan_in}"
                 )
-        self.lora_A, self.lora_B, self.lora_scale = A, B, float(scale)
+        self.lora_A, self.lora_B, self.lora_strength = A, B, float(strength)
 
     def effective_weight(self) -> torch.Tensor:
         """The weight this layer applies: base + LoRA (already so when merged)."""
@@ -73,7 +73,7 @@ class LoRAConv2d(nn.Conv2d):
         return self.weight + self.delta_weight()
 
     def delta_weight(self) -> torch.Tensor:
-        return (self.lora_scale * (self.lora_B @ self.lora_A)).view_as(self.weight)
+        return (self.lora_strength * (self.lora_B @ self.lora_A)).view_as(self.weight)
 
     def merge(self) -> None:
         if self.merged or self.lora_A is None:
@@ -96,7 +96,7 @@ class LoRAConv2d(nn.Conv2d):
         a = self.lora_A.view(rank, self.in_channels // self.groups, *self.kernel_size)
         b = self.lora_B.view(self.out_channels, rank, 1, 1)
         h = F.conv2d(x, a, None, self.stride, self.padding, self.dilation)
-        return y + self.lora_scale * F.conv2d(h, b)
+        return y + self.lora_strength * F.conv2d(h, b)
 
 
 def lora_layers(model: nn.Module) -> dict[str, LoRAConv2d]:
@@ -134,7 +134,7 @@ class LoRA:
 
     preset: str
     base_sha256: str
-    scale: int  # the preset's upscaling factor, not the LoRA's strength
+    upscale_factor: int  # the preset's (x2, x4); the file's metadata calls it `scale`
     rank: int
     factors: dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name -> (A, B)
     strength: float = 1.0
@@ -180,7 +180,7 @@ def save_lora(lora: LoRA, path: str | os.PathLike) -> None:
         "format_version": str(LORA_FORMAT_VERSION),
         "preset": lora.preset,
         "base_sha256": lora.base_sha256,
-        "scale": str(lora.scale),
+        "scale": str(lora.upscale_factor),
         "rank": str(lora.rank),
         "strength": repr(lora.strength),
         "layers": json.dumps(sorted(lora.factors)),
@@ -202,7 +202,7 @@ def _canonical_header(blob: bytes) -> bytes:
 
 
 def load_lora(path: str | os.PathLike) -> LoRA:
-    """Read and check a LoRA file's own consistency (not yet against a model: see presets.load_model)."""
+    """Read and check a LoRA file's own consistency (not yet against a model: see preset_registry.load_model)."""
     path = readable_file(path, "LoRA file", "make one with `hypersr analyse`")
     try:
         tensors = load_file(str(path))
@@ -222,7 +222,7 @@ def load_lora(path: str | os.PathLike) -> LoRA:
         lora = LoRA(
             preset=meta["preset"],
             base_sha256=meta["base_sha256"],
-            scale=int(meta["scale"]),
+            upscale_factor=int(meta["scale"]),
             rank=rank,
             factors=factors,
             strength=float(meta.get("strength", "1.0")),

@@ -12,8 +12,9 @@ import queue
 import numpy as np
 import torch
 
-from . import presets
+from . import preset_registry
 from .backends import (
+    Backend,
     CpuBackend,
     CudaBackend,
     TrtBackend,
@@ -38,7 +39,8 @@ def resolve_device(device: str | None) -> torch.device:
         if not torch.cuda.is_available():
             raise HypersrError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise HypersrError(f"device {device}: there are only {torch.cuda.device_count()} CUDA GPUs (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+            count = torch.cuda.device_count()
+            raise HypersrError(f"device {device}: there are only {count} CUDA GPUs (cuda:0 .. cuda:{count - 1})")
     return dev
 
 
@@ -85,10 +87,10 @@ class Upscaler:
     backend: auto, cpu, cuda or trt (engine/backends.py). trt needs `frame_size` (width, height) to build
     its engine profile; the cache lives in `trt_cache_dir` (default ~/.cache/hypersr/trt)."""
 
-    def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, device: str | None = None,
-                 num_streams: int = 1, tile: int | None = None, tile_pad: int = 16, backend: str | None = None,
+    def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, *, device: str | None = None,
+                 backend: str | None = None, num_streams: int = 1, tile: int | None = None, tile_pad: int = 16,
                  frame_size: tuple[int, int] | None = None, trt_cache_dir: str | None = None, cuda_graphs: bool = False):
-        self.preset = presets.get(preset)
+        self.preset = preset_registry.get(preset)
         if backend == "trt":
             import_torch_tensorrt()  # its install hint first: without it, nothing else matters
         if backend in ("cuda", "trt") and device in (None, "auto"):
@@ -103,7 +105,8 @@ class Upscaler:
             raise HypersrError(f"tile_pad must not be negative, not {tile_pad}")
         if self.backend_name == "cpu":
             keep_large_buffers()
-        model = presets.load_model(self.preset, lora, device=str(self.device))
+        model = preset_registry.load_model(self.preset, lora, device=str(self.device))
+        self.backend: Backend
         if self.backend_name == "cpu":
             self.backend = CpuBackend(model)
         elif self.backend_name == "cuda":
@@ -111,7 +114,7 @@ class Upscaler:
         else:
             if frame_size is None:
                 raise HypersrError("the trt backend needs the frame size to build its engine")
-            base = presets.load_model(self.preset, device=str(self.device)) if lora is not None else model
+            base = preset_registry.load_model(self.preset, device=str(self.device)) if lora is not None else model
             size = (min(tile + 2 * tile_pad, frame_size[0]), min(tile + 2 * tile_pad, frame_size[1])) if tile else frame_size
             self.backend = TrtBackend(base, model if lora is not None else None, self.preset, self.device, size, trt_cache_dir)
         self.model = self.backend.model

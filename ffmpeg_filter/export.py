@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine import presets
+from ..engine import preset_registry
 from ..engine.errors import HypersrError
 from ..engine.files import atomic_write, check_output
 
@@ -65,8 +65,8 @@ class CausalWindow(nn.Module):
 def _merged_model(out: str | Path, preset: str | None, lora: str | None) -> nn.Module:
     if str(out) == "-":
         raise HypersrError("an exported model is a file, not a stream: give -o a file name")
-    check_output(out, lora, *presets.get(preset).files())
-    model = presets.load_model(preset, lora, device="cpu")
+    check_output(out, lora, *preset_registry.get(preset).files())
+    model = preset_registry.load_model(preset, lora, device="cpu")
     for p in model.parameters():
         p.requires_grad_(False)
     return model

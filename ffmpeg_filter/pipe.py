@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import vapoursynth as vs
@@ -214,10 +213,10 @@ def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = No
 def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None,
                 progress: bool = True, backend: str | None = None) -> int:
     """The `hypersr upscale` command. Returns the number of frames written."""
-    from ..engine import presets
+    from ..engine import preset_registry
     from ..vsplugin import upscale
 
-    check_output(output_path, input_path, lora, *presets.get(preset).files())
+    check_output(output_path, input_path, lora, *preset_registry.get(preset).files())
     source = open_input(input_path, matrix)
     if source.header.interlace in ("t", "b") and progress:
         print("hypersr: note: the input is interlaced; hypersr upscales whole frames, so deinterlace first for best results", file=sys.stderr)
@@ -257,14 +256,14 @@ def run_analyse(input_path: str, output_path: str, preset: str | None, refine: i
                 matrix: int | None = None, progress: bool = True):
     """The `hypersr analyse` command: pass one over the whole input, then the LoRA file (atomically).
     A truncated input writes nothing: a LoRA of part of a clip would be silently wrong for the rest."""
-    from ..engine import presets
+    from ..engine import preset_registry
     from ..engine.analyse import analyse_frames
     from ..engine.lora import save_lora
     from ..vsplugin import read_frames
 
     if output_path == "-":
         raise HypersrError("a LoRA is a file, not a stream: give -o a file name (e.g. -o clip.lora)")
-    check_output(output_path, input_path, *presets.get(preset).files())
+    check_output(output_path, input_path, *preset_registry.get(preset).files())
     source = open_input(input_path, matrix)
     rgb = to_rgb(source.clip, "RGBS", source.matrix)
     try:

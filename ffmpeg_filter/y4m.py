@@ -76,7 +76,7 @@ class Y4MHeader:
 
     # -- text form -------------------------------------------------------------------------------
     @classmethod
-    def parse(cls, line: bytes) -> "Y4MHeader":
+    def parse(cls, line: bytes) -> Y4MHeader:
         try:
             text = line.decode("ascii")
         except UnicodeDecodeError:
@@ -138,7 +138,7 @@ class Y4MHeader:
         parts += [f"X{x}" for x in self.extra]
         return (" ".join(parts) + "\n").encode("ascii")
 
-    def resized(self, width: int, height: int) -> "Y4MHeader":
+    def resized(self, width: int, height: int) -> Y4MHeader:
         return replace(self, width=width, height=height)
 
 

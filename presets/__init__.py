@@ -1,1 +1,1 @@
-"""Trained weights (NAME.safetensors) and their model cards (NAME.json); read by hypersr.engine.presets."""
+"""Trained weights (NAME.safetensors) and their model cards (NAME.json); read by hypersr.engine.preset_registry."""

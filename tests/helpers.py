@@ -28,7 +28,7 @@ def assert_clean_error(proc: subprocess.CompletedProcess, *words: str) -> str:
     err = proc.stderr.decode()
     assert proc.returncode != 0, err
     assert "Traceback" not in err, err
-    lines = [l for l in err.splitlines() if l.startswith("hypersr: error:")]
+    lines = [line for line in err.splitlines() if line.startswith("hypersr: error:")]
     assert len(lines) == 1, err
     for w in words:
         assert w.lower() in lines[0].lower(), lines[0]
@@ -49,10 +49,10 @@ def random_lora(model, rank=4, seed=0) -> dict:
 
 
 def preset_lora(p, **overrides):
-    """A LoRA made for preset p (a presets.Preset); overrides change its metadata."""
+    """A LoRA made for preset p (a preset_registry.Preset); overrides change its metadata."""
     from hypersr.engine.lora import LoRA
 
-    fields = dict(preset=p.name, base_sha256=p.sha256, scale=p.scale, rank=4, factors=random_lora(p.build()), strength=0.5)
+    fields = dict(preset=p.name, base_sha256=p.sha256, upscale_factor=p.scale, rank=4, factors=random_lora(p.build()), strength=0.5)
     fields.update(overrides)
     return LoRA(**fields)
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_clean_error, ffmpeg_y4m, preset_lora, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.backends import (
     EngineCache,
     resolve_backend,
@@ -39,12 +40,12 @@ def window():
 
 @pytest.fixture(scope="module")
 def lora():
-    return preset_lora(presets.get("fast-x2"))
+    return preset_lora(preset_registry.get("fast-x2"))
 
 
 def reference(window: np.ndarray, lora) -> np.ndarray:
     """The preset's network in fp32 with the LoRA applied unmerged (the definition of the right output)."""
-    model = presets.load_model("fast-x2")
+    model = preset_registry.load_model("fast-x2")
     with torch.no_grad(), lora_applied(model, {k: (A * lora.strength, B) for k, (A, B) in lora.factors.items()}):
         return model(torch.from_numpy(window)[None])[0].clamp(0, 1).numpy()
 

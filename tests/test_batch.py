@@ -11,7 +11,6 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import HYPERSR, SAMPLE, assert_clean_error, probe, run_hypersr
 
 
@@ -51,7 +50,8 @@ def test_batch_end_to_end(folder, tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"hypersr batch" in proc.stderr and b"pass two" in proc.stderr  # progress for the batch and each file
     e01 = probe(tmp_path / "out" / "e01.x2.mkv")
-    assert [(s["codec_type"], s["codec_name"]) for s in e01] == [("video", "ffv1"), ("audio", "aac"), ("subtitle", "srt")]  # srt: FFmpeg's SubRip decoder
+    # srt: FFmpeg's SubRip decoder
+    assert [(s["codec_type"], s["codec_name"]) for s in e01] == [("video", "ffv1"), ("audio", "aac"), ("subtitle", "srt")]
     assert (e01[0]["width"], e01[0]["height"], e01[0]["frames"]) == (256, 144, 20)
     record = json.loads((job / "job.json").read_text())
     assert [e["state"] for e in record["entries"]] == ["done", "done"]

@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import HYPERSR, assert_clean_error, ffmpeg_y4m, preset_lora, probe, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.errors import HypersrError
 from hypersr.engine.lora import MAX_UPDATE_RATIO, load_lora, save_lora, update_ratio
 from hypersr.ffmpeg_filter.y4m import Y4MReader
@@ -37,7 +37,7 @@ def clip(tmp_path_factory) -> Path:
 def work(tmp_path, clip) -> Path:
     """A folder holding in.y4m (a copy of the clip) and clip.lora (a valid LoRA for fast-x2)."""
     (tmp_path / "in.y4m").write_bytes(clip.read_bytes())
-    save_lora(preset_lora(presets.get("fast-x2")), tmp_path / "clip.lora")
+    save_lora(preset_lora(preset_registry.get("fast-x2")), tmp_path / "clip.lora")
     return tmp_path
 
 
@@ -81,7 +81,7 @@ def test_output_that_is_an_input_is_refused(work, args):
 
 
 def test_preset_files_are_inputs_too(work):
-    weights = presets.get("fast-x2").weights_path
+    weights = preset_registry.get("fast-x2").weights_path
     before = weights.read_bytes()
     assert_clean_error(run_hypersr("export", "onnx", "-o", weights), "same file as the input")
     assert_clean_error(run_hypersr("upscale", work / "in.y4m", "-o", weights), "same file as the input")
@@ -167,7 +167,7 @@ def test_stdout_to_a_full_device(work):
 # --- absurd LoRA files and NaN ----------------------------------------------------------------------
 
 def _scaled_lora(path: Path, how: str) -> Path:
-    lora = preset_lora(presets.get("fast-x2"))
+    lora = preset_lora(preset_registry.get("fast-x2"))
     if how == "all-1e30":
         lora.factors = {n: (torch.full_like(A, 1e30), torch.full_like(B, 1e30)) for n, (A, B) in lora.factors.items()}
     else:  # one value 1e10
@@ -194,7 +194,7 @@ def test_real_loras_stay_far_inside_the_bound(work):
     proc = run_hypersr("analyse", work / "in.y4m", "-o", work / "real.lora", "--refine", "20", "-q")
     assert proc.returncode == 0, proc.stderr.decode()
     lora = load_lora(work / "real.lora")
-    layers = dict(presets.load_model("fast-x2").named_modules())
+    layers = dict(preset_registry.load_model("fast-x2").named_modules())
     ratios = [update_ratio(layers[n].weight, A, B, lora.strength) for n, (A, B) in lora.factors.items()]
     assert 0 < max(ratios) < MAX_UPDATE_RATIO / 4
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, probe, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.lora import LoRA, load_lora, lora_layers, save_lora
 from hypersr.ffmpeg_filter.y4m import Y4MReader
 
@@ -130,9 +129,10 @@ def test_unknown_preset(small_y4m, tmp_path):
 
 
 def _lora_file(path, preset: str, scale: int, corrupt: bool = False):
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     model = p.build()
-    factors = {n: (np.zeros((2, l.fan_in), np.float32), np.zeros((l.out_channels, 2), np.float32)) for n, l in lora_layers(model).items()}
+    factors = {n: (np.zeros((2, layer.fan_in), np.float32), np.zeros((layer.out_channels, 2), np.float32))
+               for n, layer in lora_layers(model).items()}
     import torch
 
     lora = LoRA(preset, p.sha256, scale, 2, {n: (torch.from_numpy(a), torch.from_numpy(b)) for n, (a, b) in factors.items()})

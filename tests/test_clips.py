@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from hypersr.engine.clips import Camera, multi_shot_clip, render
+from hypersr.training.clips import Camera, multi_shot_clip, render
 
 
 def still(h=200, w=240, seed=0) -> torch.Tensor:
@@ -44,7 +44,8 @@ def test_rotation_and_zoom():
     torch.testing.assert_close(frames[1], torch.rot90(frames[0], k=1, dims=(1, 2)), atol=1e-4, rtol=0)
     smooth = torch.nn.functional.avg_pool2d(still()[None], 9, 1, 4)[0]  # zooming smooth content is ~exact
     zoomed = render(smooth, Camera(centre=(120.0, 100.0), zoom_rate=1.0), frames=2, size=32)[1]  # x2 magnification
-    expected = torch.nn.functional.interpolate(render(smooth, Camera(centre=(120.0, 100.0)), 1, 16)[:, :, :, :], scale_factor=2, mode="bilinear", align_corners=False)[0]
+    expected = torch.nn.functional.interpolate(render(smooth, Camera(centre=(120.0, 100.0)), 1, 16)[:, :, :, :], scale_factor=2,
+                                               mode="bilinear", align_corners=False)[0]
     assert (zoomed - expected)[:, 4:-4, 4:-4].abs().mean() < 0.01
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
-
 from helpers import assert_clean_error, preset_lora, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.lora import save_lora
 from hypersr.vsplugin import upscale, window_clips
 from hypersr.vsplugin.io import clip_from_array, clip_to_array
@@ -25,7 +25,7 @@ def frames():
 @pytest.fixture(scope="module")
 def lora_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("lora") / "clip.lora"
-    save_lora(preset_lora(presets.get("fast-x2")), path)
+    save_lora(preset_lora(preset_registry.get("fast-x2")), path)
     return path
 
 
@@ -49,7 +49,7 @@ def test_torchscript_called_like_ffmpeg(tmp_path, frames):
     assert run_hypersr("export", "torchscript", "-o", path).returncode == 0
     module = torch.jit.load(str(path))
     assert next(module.parameters()).device.type == "cpu"  # FFmpeg takes the device from the first parameter
-    model = presets.load_model("fast-x2")
+    model = preset_registry.load_model("fast-x2")
     with torch.inference_mode():
         module(torch.rand(1, 3, *frames.shape[-2:]) * 1e6)  # FFmpeg's trial call: uninitialised memory, same size
         for n in range(len(frames)):
@@ -66,7 +66,7 @@ def test_torchscript_single_frame_variant(tmp_path, frames):
     path = tmp_path / "s.pt"
     assert run_hypersr("export", "torchscript", "-o", path, "--single").returncode == 0
     module = torch.jit.load(str(path))
-    model = presets.load_model("fast-x2")
+    model = preset_registry.load_model("fast-x2")
     with torch.inference_mode():
         for n in (2, 0):
             ref = model(torch.from_numpy(frames[[n, n, n]])[None]).clamp(0, 1)
@@ -75,7 +75,7 @@ def test_torchscript_single_frame_variant(tmp_path, frames):
 
 def test_export_bad_input(tmp_path, lora_file):
     assert_clean_error(run_hypersr("export", "onnx", "-o", tmp_path / "m.onnx", "--preset", "nope"), "unknown preset")
-    save_lora(preset_lora(presets.get("fast-x2"), preset="fast-x4", scale=4), tmp_path / "x4.lora")
+    save_lora(preset_lora(preset_registry.get("fast-x2"), preset="fast-x4", upscale_factor=4), tmp_path / "x4.lora")
     assert_clean_error(run_hypersr("export", "torchscript", "-o", tmp_path / "m.pt", "--lora", tmp_path / "x4.lora"), "fast-x4")
     assert_clean_error(run_hypersr("export", "onnx", "-o", tmp_path / "no" / "m.onnx"), "cannot write")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x4.lora"]

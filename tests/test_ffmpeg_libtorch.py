@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import SAMPLE, preset_lora, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.lora import save_lora
 
 BUILD = Path(__file__).parents[1] / "ffmpeg_filter" / "build_ffmpeg.sh"
@@ -65,7 +65,7 @@ def test_ffmpeg_dnn_processing_matches_hypersr(ffmpeg_torch, rgb_frames, tmp_pat
     model = tmp_path / "model.pt"
     extra = {"causal": [], "single": ["--single"], "lora": ["--lora", tmp_path / "clip.lora"]}[variant]
     if variant == "lora":
-        save_lora(preset_lora(presets.get("fast-x2")), tmp_path / "clip.lora")
+        save_lora(preset_lora(preset_registry.get("fast-x2")), tmp_path / "clip.lora")
     proc = run_hypersr("export", "torchscript", "-o", model, *extra)
     assert proc.returncode == 0, proc.stderr.decode()
     theirs = run_dnn_processing(ffmpeg_torch, model, rgb_frames, 2).astype(np.float32)

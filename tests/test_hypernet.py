@@ -12,11 +12,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, run_hypersr
-from hypersr.engine import presets
+
+from hypersr.engine import preset_registry
 from hypersr.engine.analyse import Analyser, analyse_frames, summary_of
 from hypersr.engine.hypernet import build_hypernet
 from hypersr.engine.lora import LoRA, load_lora, save_lora
-from hypersr.engine.metrics import y_psnr
+from hypersr.training.metrics import y_psnr
 from hypersr.vsplugin import upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array, open_video, to_rgb
 
@@ -43,14 +44,14 @@ def base_output(model, frames):
 
 
 def test_zero_initialised_hypernet_leaves_the_base_unchanged(frames):
-    p = presets.get("fast-x2")
-    base = presets.load_model(p)
+    p = preset_registry.get("fast-x2")
+    base = preset_registry.load_model(p)
     hypernet = build_hypernet(base)  # untrained
     with torch.inference_mode():
         factors = hypernet.factors(hypernet.summarise(torch.from_numpy(frames), base))
     assert all(torch.count_nonzero(A) > 0 and torch.count_nonzero(B) == 0 for A, B in factors.values())
     lora = LoRA(p.name, p.sha256, p.scale, hypernet.rank, factors)
-    adapted = presets.load_model(p, lora)
+    adapted = preset_registry.load_model(p, lora)
     assert torch.equal(base_output(adapted, frames), base_output(base, frames))
 
 
@@ -98,7 +99,7 @@ def test_refine_lowers_the_self_supervised_loss(sample_hr):
     from hypersr.engine.analyse import refine_factors
     from hypersr.engine.hypernet import downscale
     from hypersr.engine.lora import lora_applied
-    from hypersr.engine.train import charbonnier
+    from hypersr.training.train import charbonnier
 
     analyser = Analyser("fast-x2", refine=1)
     for f in sample_hr[:8, :, :96, :96]:

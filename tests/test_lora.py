@@ -6,14 +6,13 @@ import json
 
 import pytest
 import torch
+from helpers import preset_lora, random_lora
 from safetensors.torch import save_file
 
-from hypersr.engine import presets
+from hypersr.engine import preset_registry
 from hypersr.engine.errors import HypersrError
 from hypersr.engine.lora import LoRAConv2d, load_lora, merge_all, save_lora, unmerge_all
-from hypersr.engine.models import build_model
-
-from helpers import preset_lora, random_lora
+from hypersr.engine.networks import build_model
 
 
 def test_merge_is_exact_to_fp32_rounding():
@@ -45,19 +44,19 @@ def test_factor_shapes_are_checked():
 
 
 def test_lora_file_round_trip_and_use(tmp_path):
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     lora = preset_lora(p, clip_fingerprint="abc123", made_by={"tool": "test"})
     path = tmp_path / "clip.lora"
     save_lora(lora, path)
     back = load_lora(path)
-    assert (back.preset, back.base_sha256, back.scale, back.rank, back.clip_fingerprint, back.made_by) == (
+    assert (back.preset, back.base_sha256, back.upscale_factor, back.rank, back.clip_fingerprint, back.made_by) == (
         p.name, p.sha256, p.scale, 4, "abc123", {"tool": "test"})
     for name, (A, B) in lora.factors.items():
         assert torch.equal(back.factors[name][0], A) and torch.equal(back.factors[name][1], B)
     x = torch.rand(1, 3, 3, 24, 24)
     with torch.no_grad():
-        adapted = presets.load_model(p, path)(x)
-        base = presets.load_model(p)(x)
+        adapted = preset_registry.load_model(p, path)(x)
+        base = preset_registry.load_model(p)(x)
     assert (adapted - base).abs().max() > 1e-3
     assert [f.name for f in tmp_path.iterdir()] == ["clip.lora"]  # no temp file left behind
 
@@ -65,24 +64,24 @@ def test_lora_file_round_trip_and_use(tmp_path):
 @pytest.mark.parametrize(
     "overrides, words",
     [
-        ({"preset": "fast-x4", "scale": 4}, ["fast-x4", "fast-x2"]),
-        ({"scale": 4}, ["x4", "x2"]),
+        ({"preset": "fast-x4", "upscale_factor": 4}, ["fast-x4", "fast-x2"]),
+        ({"upscale_factor": 4}, ["x4", "x2"]),
         ({"base_sha256": "0" * 64}, ["other fast-x2 weights", "000000000000"]),
     ],
 )
 def test_lora_for_another_preset_is_refused(tmp_path, overrides, words):
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     path = tmp_path / "other.lora"
     save_lora(preset_lora(p, **overrides), path)
     with pytest.raises(HypersrError) as e:
-        presets.load_model(p, path)
+        preset_registry.load_model(p, path)
     for w in words:
         assert w in str(e.value)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "foreign", "nan"])
 def test_corrupt_lora_is_refused(tmp_path, damage):
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     path = tmp_path / "bad.lora"
     save_lora(preset_lora(p), path)
     if damage == "garbage":
@@ -102,22 +101,22 @@ def test_corrupt_lora_is_refused(tmp_path, damage):
 
 def test_unknown_preset_names_the_available_ones():
     with pytest.raises(HypersrError, match="fast-x2"):
-        presets.get("no-such-preset")
+        preset_registry.get("no-such-preset")
 
 
 def test_weights_are_checked_against_the_card(tmp_path, monkeypatch):
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     (tmp_path / "fast-x2.json").write_text(p.card_path.read_text())
     data = bytearray(p.weights_path.read_bytes())
     data[-1] ^= 0xFF  # one flipped byte in the last tensor
     (tmp_path / "fast-x2.safetensors").write_bytes(bytes(data))
-    monkeypatch.setattr(presets, "presets_dir", lambda: tmp_path)
+    monkeypatch.setattr(preset_registry, "presets_dir", lambda: tmp_path)
     with pytest.raises(HypersrError, match="SHA-256"):
-        presets.load_model("fast-x2")
+        preset_registry.load_model("fast-x2")
 
 
 def test_card_describes_the_weights():
-    p = presets.get("fast-x2")
+    p = preset_registry.get("fast-x2")
     card = json.loads(p.card_path.read_text())
     assert card["architecture"]["scale"] == 2 and card["architecture"]["window"] == 3
     assert len(card["weights"]["sha256"]) == 64

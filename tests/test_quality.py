@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 from helpers import SAMPLE
-from hypersr.demo import run_demo
+
+from hypersr.training.demo import run_demo
 
 # Measured with `hypersr demo --preset NAME` (README): one pass's Y-PSNR gain over bicubic, and two passes
 # (`analyse --refine 10`, `upscale --lora`) over one pass. fast-x2: bicubic 33.45, one pass 35.67, two

@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 import torch
 from helpers import HYPERSR, SAMPLE, run_hypersr
-from hypersr.engine.lora import load_lora
 from test_batch import decoded, make_clip
+
+from hypersr.engine.lora import load_lora
 
 RAY = str(Path(sys.executable).parent / "ray")
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hypersr.engine import data
-from hypersr.engine.train import train_base
+from hypersr.training import data
+from hypersr.training.train import train_base
 
 
 def test_bi_degradation_is_antialiased_bicubic_in_8_bits():
@@ -52,7 +52,7 @@ def test_short_training_run_learns(tmp_path):
     arch = {"type": "fast", "scale": 2, "window": 3, "channels": 16, "blocks": 1}
     # (lr 1e-3, batch 16: learns from every seed tried; lr 5e-3 with batch 8 stalled for one of five)
     weights = train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=200, batch=16, patch=32, lr=1e-3, val_every=100)
-    log = [json.loads(l) for l in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 100, 200]
     assert log[2]["loss"] < log[1]["loss"]
     assert log[2]["val_y_psnr"]["waves"] > log[0]["val_y_psnr"]["waves"] + 3  # well above where it started (bicubic)
@@ -63,7 +63,7 @@ def test_bench_runs_scores_a_finished_run(tmp_path):
     """`hypersr bench runs` rebuilds a run from arch.json and its weights; on the data the run validated
     on, it reproduces the run's own last score."""
     from hypersr.engine.errors import HypersrError
-    from hypersr.engine.evaluate import evaluate_runs, runs_table
+    from hypersr.training.evaluate import evaluate_runs, runs_table
 
     pack = tiny_pack(tmp_path / "pack.npz")
     arch = {"type": "fast", "scale": 2, "window": 3, "channels": 8, "blocks": 1}

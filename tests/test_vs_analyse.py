@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import vapoursynth as vs
-
 from helpers import SAMPLE
+
 from hypersr.engine.analyse import fingerprint_indices
 from hypersr.engine.lora import load_lora
 from hypersr.ffmpeg_filter.y4m import Y4MReader

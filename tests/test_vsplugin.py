@@ -7,7 +7,7 @@ import pytest
 import torch
 import vapoursynth as vs
 
-from hypersr.engine import presets
+from hypersr.engine import preset_registry
 from hypersr.vsplugin import upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
@@ -20,7 +20,7 @@ def frames():
 
 
 def reference(frames: np.ndarray, windows: list[list[int]]) -> np.ndarray:
-    model = presets.load_model("fast-x2")
+    model = preset_registry.load_model("fast-x2")
     with torch.inference_mode():
         return np.stack([model(torch.from_numpy(frames[w])[None])[0].clamp(0, 1).numpy() for w in windows])
 
@@ -139,8 +139,9 @@ def test_vspipe_with_any_request_count_gives_the_same_video(tmp_path):
         assert proc.returncode == 0, proc.stderr.decode()
         outs.append(proc.stdout)
     assert outs[0] == outs[1]
-    from hypersr.ffmpeg_filter.y4m import Y4MReader
     import io
+
+    from hypersr.ffmpeg_filter.y4m import Y4MReader
 
     reader = Y4MReader(io.BytesIO(outs[0]))
     frames = 0
@@ -156,13 +157,14 @@ def test_bad_inputs_raise_vapoursynth_errors(tmp_path):
         upscale(core.std.Splice([a, b], mismatch=True))
     with pytest.raises(vs.Error, match="RGBS or RGBH"):
         upscale(core.std.BlankClip(format=vs.RGB24, width=32, height=32, length=2))
-    from hypersr.engine.lora import save_lora
     from helpers import preset_lora
 
-    save_lora(preset_lora(presets.get("fast-x2"), preset="fast-x4", scale=4), tmp_path / "x4.lora")
+    from hypersr.engine.lora import save_lora
+
+    save_lora(preset_lora(preset_registry.get("fast-x2"), preset="fast-x4", upscale_factor=4), tmp_path / "x4.lora")
     with pytest.raises(vs.Error, match="fast-x4"):
         upscale(a, lora=str(tmp_path / "x4.lora"))
-    save_lora(preset_lora(presets.get("fast-x2")), tmp_path / "bad.lora")
+    save_lora(preset_lora(preset_registry.get("fast-x2")), tmp_path / "bad.lora")
     (tmp_path / "bad.lora").write_bytes(b"nonsense")
     with pytest.raises(vs.Error, match="bad.lora"):
         upscale(a, lora=str(tmp_path / "bad.lora"))

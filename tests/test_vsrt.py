@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from hypersr.engine.lora import lora_applied, lora_layers
-from hypersr.engine.models import build_model
-from hypersr.engine.vsrt import STCSA, flow_warp, positional_encoding
+from hypersr.engine.networks import build_model
+from hypersr.engine.networks.vsrt import STCSA, flow_warp, positional_encoding
 
 ARCH = {"type": "vsrt", "scale": 2, "window": 5, "channels": 12, "patch": 4, "region": 16, "flow_width": 8, "blocks": 1}
 
@@ -149,7 +150,7 @@ def test_lora_adapts_the_network_and_merges_exactly():
 
 def test_hypernet_drives_a_vsrt_base():
     from hypersr.engine.hypernet import build_hypernet
-    from hypersr.engine.train import HYPERNET_ARCH
+    from hypersr.training.train import HYPERNET_ARCH
 
     model = random_network()
     hypernet = build_hypernet(model, HYPERNET_ARCH)
@@ -179,8 +180,8 @@ def test_export_dynamic_sizes_match(tmp_path):
 
 def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
     import vapoursynth as vs
-
     from helpers import run_hypersr
+
     from hypersr.vsplugin import upscale, window_clips
     from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
@@ -199,12 +200,13 @@ def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
 
 def test_vsrt_x2_torchscript_for_ffmpeg(tmp_path):
     from helpers import run_hypersr
-    from hypersr.engine import presets
+
+    from hypersr.engine import preset_registry
 
     path = tmp_path / "vsrt.pt"
     assert run_hypersr("export", "torchscript", "--preset", "vsrt-x2", "-o", path).returncode == 0
     module = torch.jit.load(str(path))
-    model = presets.load_model("vsrt-x2")
+    model = preset_registry.load_model("vsrt-x2")
     frames = torch.rand(3, 3, 40, 48)
     with torch.inference_mode():
         module(torch.rand(1, 3, 40, 48))  # FFmpeg's trial call

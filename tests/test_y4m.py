@@ -9,11 +9,11 @@ import subprocess
 
 import numpy as np
 import pytest
-
 from helpers import ffmpeg_y4m
+
 from hypersr.ffmpeg_filter.pipe import open_input, write_y4m
-from hypersr.vsplugin.io import clip_to_array, to_rgb
 from hypersr.ffmpeg_filter.y4m import Y4MError, Y4MHeader, Y4MReader, Y4MWriter
+from hypersr.vsplugin.io import clip_to_array, to_rgb
 
 # FFmpeg pixel format -> the C tag FFmpeg writes for it
 FORMATS = {
@@ -66,8 +66,9 @@ def test_reader_writer_round_trip(streams, tag):
     original_frames = data.split(b"\n", 1)[1]
     assert out.getvalue().split(b"\n", 1)[1] == original_frames
     # what we write, FFmpeg reads back as the same pixels
-    decoded = subprocess.run(["ffmpeg", "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-f", "rawvideo", "-"], input=out.getvalue(), capture_output=True, check=True).stdout
-    expected = subprocess.run(["ffmpeg", "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-f", "rawvideo", "-"], input=data, capture_output=True, check=True).stdout
+    to_raw = ["ffmpeg", "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-f", "rawvideo", "-"]
+    decoded = subprocess.run(to_raw, input=out.getvalue(), capture_output=True, check=True).stdout
+    expected = subprocess.run(to_raw, input=data, capture_output=True, check=True).stdout
     assert decoded == expected
 
 

@@ -106,7 +106,7 @@ def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = T
 
 def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: int) -> str | None:
     """Why the LoRA cached at `path` is not the one for this clip and these settings (None: it is)."""
-    from ..engine import presets
+    from ..engine import preset_registry
     from ..engine.analyse import clip_fingerprint, fingerprint_indices, frame_digest
     from ..engine.lora import load_lora
 
@@ -114,10 +114,10 @@ def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: i
         lora = load_lora(path)
     except HypersrError as e:
         return f"cache {path} is unreadable ({e})"
-    p = presets.get(preset)
+    p = preset_registry.get(preset)
     hypernet_sha = (p.card.get("hypernet") or {}).get("weights", {}).get("sha256")
-    if (lora.preset, lora.scale, lora.base_sha256) != (p.name, p.scale, p.sha256):
-        return f"cache {path} was made for preset {lora.preset} (x{lora.scale}), not {p.name} (x{p.scale}) with the installed weights"
+    if (lora.preset, lora.upscale_factor, lora.base_sha256) != (p.name, p.scale, p.sha256):
+        return f"cache {path} was made for preset {lora.preset} (x{lora.upscale_factor}), not {p.name} (x{p.scale}) with the installed weights"
     if lora.made_by.get("hypernet_sha256") != hypernet_sha or lora.made_by.get("refine") != refine:
         return f"cache {path} was made by another hypernet or refine setting (refine={lora.made_by.get('refine')})"
     n = clip.num_frames
@@ -200,7 +200,8 @@ def upscale(
     if device_index is not None:
         device = f"cuda:{device_index}"
     try:
-        engine = Upscaler(preset, lora, device, num_streams, tile, tile_pad, backend, (clip.width, clip.height), trt_cache_dir, cuda_graphs)
+        engine = Upscaler(preset, lora, device=device, backend=backend, num_streams=num_streams, tile=tile, tile_pad=tile_pad,
+                          frame_size=(clip.width, clip.height), trt_cache_dir=trt_cache_dir, cuda_graphs=cuda_graphs)
         engine.check_size(clip.width, clip.height)
     except HypersrError as e:
         raise vs.Error(f"hypersr.upscale: {e}") from None

@@ -19,14 +19,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data, presets
-from .analyse import analyse_frames
+from ..engine import preset_registry
+from ..engine.analyse import analyse_frames
+from . import data
 from .metrics import y_psnr
 from .train import upscale_clip
 
 
 def upscale_frames(preset: str, lr: torch.Tensor, lora=None) -> torch.Tensor:
-    model = presets.load_model(preset, lora)
+    model = preset_registry.load_model(preset, lora)
     with torch.inference_mode():
         return data.quantise(upscale_clip(model, lr))
 
@@ -36,7 +37,7 @@ def psnr(sr: torch.Tensor, hr: torch.Tensor) -> float:
 
 
 def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) -> dict:
-    p = presets.get(preset)
+    p = preset_registry.get(preset)
     out = {}
     for name, hr in clips.items():
         lr = data.degrade_bi(hr, p.scale)
@@ -65,7 +66,7 @@ def memory_test(preset: str, data_dir: Path, refine: int, stills: int = 8, size:
     """Close-up first, then two distant shots; scores on the distant shots only."""
     from .clips import multi_shot_clip
 
-    p = presets.get(preset)
+    p = preset_registry.get(preset)
     _, val = data.split_stills(data.load_stills(data_dir))
     rng = np.random.default_rng(seed)
     rows = []
@@ -106,7 +107,8 @@ def pass_one_peak_rss(preset: str, frames: int, size: str = "320x180") -> float:
     return int(peak_kb) / 1024
 
 
-PEAK_RSS = "import os, sys; pid = os.spawnv(os.P_NOWAIT, sys.argv[1], sys.argv[1:]); _, st, ru = os.wait4(pid, 0); print(ru.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(st))"
+PEAK_RSS = ("import os, sys; pid = os.spawnv(os.P_NOWAIT, sys.argv[1], sys.argv[1:]); _, st, ru = os.wait4(pid, 0); "
+            "print(ru.ru_maxrss); sys.exit(os.waitstatus_to_exitcode(st))")
 
 
 def table(real: dict, memory: dict, rss: dict[int, float], refines: list[int]) -> str:

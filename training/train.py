@@ -20,13 +20,11 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..engine.losses import charbonnier
+from ..engine.networks import build_model
 from . import data
+from .degradation import TrainingDegradation
 from .metrics import y_psnr
-from .models import build_model
-
-
-def charbonnier(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    return torch.sqrt((pred - target) ** 2 + eps * eps).mean()
 
 
 def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
@@ -40,16 +38,47 @@ def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
     return torch.cat(outs)
 
 
-def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade=data.degrade_bi) -> dict[str, float]:
+def validation_inputs(clips: dict[str, torch.Tensor], scale: int, degrade: TrainingDegradation) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (HR, LR)} for every validation clip and chain: "clip" when the degradation has one chain, else "clip/chain"."""
+    out = {}
+    for name, hr in clips.items():
+        chains = degrade.validation(hr, scale)
+        for chain, lr in chains.items():
+            out[name if len(chains) == 1 else f"{name}/{chain}"] = (hr, lr)
+    return out
+
+
+def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade: TrainingDegradation | None = None) -> dict[str, float]:
     model.eval()
     scores = {}
     with torch.inference_mode():
-        for name, hr in clips.items():
-            lr = degrade(hr, scale).to(device)
-            sr = data.quantise(upscale_clip(model, lr)).cpu()
+        for name, (hr, lr) in validation_inputs(clips, scale, degrade or TrainingDegradation("bi")).items():
+            sr = data.quantise(upscale_clip(model, lr.to(device))).cpu()
             scores[name] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
     model.train()
     return scores
+
+
+class DegradedBank:
+    """Training windows with their LR made in advance: a real encoder per window costs more than the
+    training step itself on a CPU, so a "real" run degrades `size` windows once (seeded, so a resumed run
+    rebuilds the same bank) and each step draws a batch from them, flipped at random."""
+
+    def __init__(self, sampler, degrade: TrainingDegradation, scale: int, size: int, seed: int):
+        rng = np.random.default_rng(seed + 1)
+        hr, lr = [], []
+        for _ in tqdm(range(0, size, 16), desc="degrading the training windows", unit="batch"):
+            h = sampler.sample(16, rng)
+            hr.append(data.to_u8(h))
+            lr.append(data.to_u8(degrade(h, scale, rng)))
+        self.hr, self.lr = np.concatenate(hr), np.concatenate(lr)
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = rng.choice(len(self.hr), n, replace=False)
+        hr, lr = data.to_float(self.hr[idx]), data.to_float(self.lr[idx])
+        if rng.random() < 0.5:
+            hr, lr = hr.flip(-1), lr.flip(-1)
+        return hr, lr
 
 
 def cosine_schedule(opt, steps: int):
@@ -92,7 +121,11 @@ def train_base(
     seed: int = 0,
     device: str = "cpu",
     val_every: int = 250,
+    init: str | None = None,
+    bank: int = 4096,
 ) -> Path:
+    """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
+    real-source preset fine-tuned from its clean counterpart."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
@@ -104,10 +137,14 @@ def train_base(
         data.build_pack(data_dir, pack)
     packed = data.load_pack(pack)
     sampler = data.WindowSampler(packed.scenes, packed.clips, window, patch)
-    degrade = data.DEGRADATIONS[degradation]
+    degrade = TrainingDegradation(degradation)
     val = packed.validation
 
     model = build_model(arch).to(device)
+    if init:
+        from ..engine import preset_registry
+
+        model.load_state_dict(preset_registry.load_model(init).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
     ckpt = out / "checkpoint.pt"
@@ -117,10 +154,14 @@ def train_base(
     if start == 0:  # where the untrained network (bicubic) starts, for comparison
         log.write(json.dumps({"step": 0, "val_y_psnr": validate(model, val, scale, device, degrade)}) + "\n")
     t0, running = time.time(), []
+    windows = DegradedBank(sampler, degrade, scale, bank, seed) if degrade.name == "real" else None
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {name}", file=None)
     for step in bar:
-        hr = sampler.sample(batch, rng)
-        lr_in = degrade(hr, scale)
+        if windows is not None:
+            hr, lr_in = windows.sample(batch, rng)
+        else:
+            hr = sampler.sample(batch, rng)
+            lr_in = degrade(hr, scale, rng)
         pred = model(lr_in.to(device))
         loss = charbonnier(pred, hr[:, window // 2].to(device))
         opt.zero_grad(set_to_none=True)
@@ -130,7 +171,8 @@ def train_base(
         running.append(loss.item())
         if (step + 1) % val_every == 0 or step + 1 == steps:
             scores = validate(model, val, scale, device, degrade)
-            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores, "elapsed_s": round(time.time() - t0, 1)}
+            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
+                     "elapsed_s": round(time.time() - t0, 1)}
             running = []
             log.write(json.dumps(entry) + "\n")
             log.flush()
@@ -146,11 +188,10 @@ def train_base(
 HYPERNET_ARCH = {"dim": 64, "queries": 8, "rank": 4, "patch": 32, "per_side": 4, "hidden": 128}
 HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "targets": 2, "lr": 1e-3, "seed": 0}  # size: 64 LR pixels
 
-def clip_loss(hypernet, base, hr: torch.Tensor, cuts: list[int], scale: int, degrade, centres: list[int]) -> torch.Tensor:
+def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int], centres: list[int]) -> torch.Tensor:
     """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier."""
-    from .lora import lora_applied
+    from ..engine.lora import lora_applied
 
-    lr = degrade(hr, scale)
     idx = data.shot_windows(centres, cuts, len(hr), base.window)
     with lora_applied(base, hypernet.factors(hypernet.summarise(lr, base))):
         return charbonnier(base(lr[idx]), hr[centres])
@@ -158,13 +199,13 @@ def clip_loss(hypernet, base, hr: torch.Tensor, cuts: list[int], scale: int, deg
 
 def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int, device, degrade) -> dict[str, dict[str, float]]:
     """Y-PSNR of base alone and base + the hypernet's LoRA for each (subsampled) validation clip."""
-    from .lora import lora_applied
+    from ..engine.lora import lora_applied
 
     hypernet.eval()
     scores, deltas = {}, []
     with torch.inference_mode():
-        for name, hr in clips.items():
-            lr = degrade(hr, scale).to(device)
+        for name, (hr, lr) in validation_inputs(clips, scale, degrade).items():
+            lr = lr.to(device)
             factors = hypernet.factors(hypernet.summarise(lr, base))
             deltas.append(torch.cat([(B @ A).flatten() for A, B in factors.values()]))
             sr = data.quantise(upscale_clip(base, lr)).cpu()
@@ -181,10 +222,11 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
 
 def calibrate_standardiser(hypernet, base, sampler, rng, scale: int, degrade, device, clips: int = 64) -> None:
     """Start the summary standardiser from the statistics of real training clips, not from 0 and 1."""
-    from .hypernet import Memory
+    from ..engine.hypernet import Memory
 
     with torch.no_grad():
-        vectors = torch.stack([Memory.read(hypernet.summarise(degrade(sampler.sample(rng)[0], scale).to(device), base)) for _ in range(clips)])
+        vectors = torch.stack([Memory.read(hypernet.summarise(degrade(sampler.sample(rng)[0], scale, rng).to(device), base))
+                               for _ in range(clips)])
     hypernet.standardise.calibrate(vectors)
 
 
@@ -207,8 +249,8 @@ def train_hypernet(
 ) -> Path:
     """Meta-train a preset's hypernet with its base model frozen. Each step: `clips` clips of `frames`
     frames of size x size HR; the hypernet reads each whole LR clip; the loss is on `targets` windows."""
-    from . import presets
-    from .hypernet import build_hypernet
+    from ..engine import preset_registry
+    from ..engine.hypernet import build_hypernet
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
@@ -216,8 +258,8 @@ def train_hypernet(
     scale = preset.scale
     packed = data.load_pack(pack)
     sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size)
-    degrade = data.DEGRADATIONS[degradation]
-    base = presets.load_model(preset, device=device)
+    degrade = TrainingDegradation(degradation)
+    base = preset_registry.load_model(preset, device=device)
     hypernet = build_hypernet(base, arch).to(device)
     opt = torch.optim.AdamW(hypernet.parameters(), lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
@@ -234,7 +276,8 @@ def train_hypernet(
         for _ in range(clips):
             hr, cuts = sampler.sample(rng)
             centres = sorted(rng.choice(frames, targets, replace=False).tolist())
-            loss = loss + clip_loss(hypernet, base, hr.to(device), cuts, scale, degrade, centres) / clips
+            lr = degrade(hr, scale, rng)
+            loss = loss + clip_loss(hypernet, base, hr.to(device), lr.to(device), cuts, centres) / clips
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)

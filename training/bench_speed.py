@@ -54,10 +54,10 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     import torch
     import vapoursynth as vs
 
+    from ..engine import preset_registry
     from ..vsplugin import upscale, window_clips
-    from . import presets
 
-    p = presets.get(preset)
+    p = preset_registry.get(preset)
     clip = _noise_clip(w, h, frames + 1)
     if backend == "vs-mlrt-ort":
         from ..ffmpeg_filter.export import export_onnx
@@ -72,14 +72,15 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     for n in range(1, frames + 1):
         out.get_frame(n)
     seconds = (time.perf_counter() - t0) / frames
-    row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * presets.complexity(p)["macs_per_input_pixel"] * w * h / seconds / 1e9}
+    macs = preset_registry.complexity(p)["macs_per_input_pixel"]
+    row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * macs * w * h / seconds / 1e9}
     gpu = backend in ("cuda", "trt")
     if gpu:
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
     else:
         row["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if backend != "vs-mlrt-ort":  # pass one on the same frames
-        from .analyse import Analyser
+        from ..engine.analyse import Analyser
 
         analyser = Analyser(preset, device="cuda" if gpu else "cpu")
         lr = np.random.default_rng(1).random((frames + 1, 3, h, w), dtype=np.float32)
@@ -93,7 +94,7 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
 
 def measure(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     """run_row in a child process (its own peak memory, a cold start like a user's)."""
-    cmd = [sys.executable, "-m", "hypersr.engine.bench_speed", preset, backend, str(w), str(h), str(frames)]
+    cmd = [sys.executable, "-m", "hypersr.training.bench_speed", preset, backend, str(w), str(h), str(frames)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -118,12 +119,12 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
 
 
 def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print) -> tuple[list[dict], dict]:
-    from . import presets
+    from ..engine import preset_registry
 
     peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if {"cuda", "trt"} & set(backends) else [])}}
     rows = []
     for name in presets_:
-        p = presets.get(name)
+        p = preset_registry.get(name)
         for w, h in (sizes or SIZES)[p.scale]:
             by_backend = {}
             for backend in [*backends, *(["vs-mlrt-ort"] if "cpu" in backends else [])]:
@@ -139,7 +140,7 @@ def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | N
 
 if __name__ == "__main__":  # one row, for measure()
     preset, backend, w, h, frames = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-    from .runtime import keep_large_buffers
+    from ..engine.runtime import keep_large_buffers
 
     keep_large_buffers()
     print(json.dumps(run_row(preset, backend, w, h, frames)))

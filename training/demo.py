@@ -14,28 +14,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
 DEMO_REFINE = 10  # the best measured refine setting (README, "The medium-term memory")
 
 
 def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str | None = None) -> dict[str, float]:
     import vapoursynth as vs
 
-    from .engine import data, presets
-    from .engine.errors import HypersrError
-    from .engine.evaluate import baselines, comparison_png
-    from .engine.files import atomic_write, readable_file, refuse_same_file
-    from .engine.metrics import y_psnr
-    from .ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
-    from .ffmpeg_filter.y4m import Y4MHeader
-    from .vsplugin.io import MATRIX_709, clip_from_array, clip_to_array, to_rgb
+    from ..engine import preset_registry
+    from ..engine.errors import HypersrError
+    from ..engine.files import atomic_write, readable_file, refuse_same_file
+    from ..ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
+    from ..ffmpeg_filter.y4m import Y4MHeader
+    from ..vsplugin.io import MATRIX_709, clip_from_array, clip_to_array, to_rgb
+    from . import data
+    from .evaluate import baselines, comparison_png
+    from .metrics import y_psnr
 
     core = vs.core
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HypersrError(f"-o {out} is a file; the demo writes several files into a folder: give a folder name")
     readable_file(sample, "sample")
-    p = presets.get(preset)
+    p = preset_registry.get(preset)
     name = Path(sample).stem
     lr_path, lora_path, png = out / f"{name}_lr.y4m", out / f"{name}.lora", out / f"{name}_compare.png"
     one_pass, sr_path = out / f"{name}_x{p.scale}_one_pass.y4m", out / f"{name}_x{p.scale}.y4m"

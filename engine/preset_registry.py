@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from .errors import HypersrError
 from .files import atomic_write, sha256_file
 from .lora import LoRA, load_lora, merge_all
-from .models import build_model, macs_per_lr_pixel
+from .networks import build_model, macs_per_lr_pixel
 
 DEFAULT_PRESET = "fast-x2"
 
@@ -52,6 +52,8 @@ class Preset:
 
     @property
     def sha256(self) -> str:
+        if "weights" not in self.card:  # a card written before its first training run
+            raise HypersrError(f"preset {self.name} has no trained weights yet; train them with `hypersr train base --preset {self.name} --install`")
         return self.card["weights"]["sha256"]
 
     def files(self) -> list[Path]:
@@ -69,7 +71,7 @@ def get(name: str | None) -> Preset:
     if not card_path.is_file():
         raise HypersrError(f"unknown preset {name!r}; available: {', '.join(available()) or 'none'}")
     card = json.loads(card_path.read_text())
-    return Preset(name, card, card_path, presets_dir() / card["weights"]["file"])
+    return Preset(name, card, card_path, presets_dir() / card.get("weights", {}).get("file", f"{name}.safetensors"))
 
 
 def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = None, device: str = "cpu") -> torch.nn.Module:
@@ -140,9 +142,9 @@ def complexity(preset: Preset) -> dict:
 
 def check_lora(lora: LoRA, preset: Preset) -> None:
     """Refuse a LoRA made for another preset, scale or base weights, naming both sides."""
-    if lora.preset != preset.name or lora.scale != preset.scale:
+    if lora.preset != preset.name or lora.upscale_factor != preset.scale:
         raise HypersrError(
-            f"this LoRA was made for preset {lora.preset} (x{lora.scale}), not {preset.name} (x{preset.scale}); "
+            f"this LoRA was made for preset {lora.preset} (x{lora.upscale_factor}), not {preset.name} (x{preset.scale}); "
             f"use --preset {lora.preset} or make a new LoRA with `hypersr analyse --preset {preset.name}`"
         )
     if lora.base_sha256 != preset.sha256:

@@ -1,0 +1,20 @@
+"""Training, data, evaluation, benchmarks and the demo: the work that makes presets and measures them.
+
+This package may import the runtime (hypersr.engine) and the integrations (vsplugin, ffmpeg_filter);
+nothing outside it imports it except the `hypersr` command. Its extra dependencies come with
+`pip install 'hypersr[train]'` (the demo needs none of them)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from ..engine.errors import HypersrError
+
+EXTRAS = ("matplotlib", "onnx")  # the plots of `bench quality`; the ONNX export that `bench speed` gives vs-mlrt
+
+
+def require_extras(command: str) -> None:
+    """A one-line error naming what to install when the training extras are missing."""
+    missing = [m for m in EXTRAS if importlib.util.find_spec(m) is None]
+    if missing:
+        raise HypersrError(f"`hypersr {command}` needs {', '.join(missing)}: pip install 'hypersr[train]'")

@@ -1,0 +1,148 @@
+"""`hypersr bench real`: quality on real-source degradations, side by side.
+
+The validation clips (never trained on) x the named chains of training/degradation.py (CHAINS: clean BI,
+H.264 at two CRFs, MPEG-2, MJPEG, blur + noise, grain + H.264, point + H.264, anisotropic blur + MPEG-2),
+each chain applied with a fixed seed. Per chain and mean, Y-PSNR and SSIM of:
+
+- lanczos: VapourSynth's Lanczos (3 taps);
+- nnedi3: znedi3 (`pip install vapoursynth-znedi3`, it bundles its weights) as nnedi3_rpow2 does it,
+  twice with field=1 and a transpose, then the half-pixel shift corrected;
+- every preset asked for, alone (its base network); for presets trained for real sources with a
+  hypernet also "+ memory" (the LoRA its hypernet predicts from the LR clip), "+ refine N" (then N steps
+  of test-time training) and "ceiling" (a LoRA of the hypernet's rank fitted to that clip with its HR
+  frames: what a perfect memory could reach).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..engine.lora import lora_applied
+from ..engine.losses import charbonnier
+from . import degradation as deg
+from .metrics import y_psnr, y_ssim
+from .train import upscale_clip
+
+CEILING_STEPS = 150
+CEILING_LR = 2e-3
+CEILING_CROP = 48  # LR pixels
+
+
+def nnedi3_rpow2(clip):
+    """x2 by znedi3 as the nnedi3_rpow2 idiom does it: field=1 puts the input lines on the odd output rows,
+    so after both passes the picture sits half an output pixel low and right; the resize moves it back."""
+    import vapoursynth as vs
+
+    core = vs.core
+    x = core.znedi3.nnedi3(clip, field=1, dh=True)
+    x = core.std.Transpose(core.znedi3.nnedi3(core.std.Transpose(x), field=1, dh=True))
+    return core.resize.Bicubic(x, src_top=-0.5, src_left=-0.5)
+
+
+def peers(lr: torch.Tensor) -> dict[str, np.ndarray | str]:
+    """Lanczos and nnedi3 on an LR clip [T, 3, h, w] (x2); a peer that is not installed is the line saying how to get it."""
+    import vapoursynth as vs
+
+    from ..vsplugin.io import clip_from_array, clip_to_array
+
+    core = vs.core
+    clip = clip_from_array(lr.numpy())
+    out: dict[str, np.ndarray | str] = {"lanczos": clip_to_array(core.resize.Lanczos(clip, clip.width * 2, clip.height * 2, filter_param_a=3))}
+    out["nnedi3"] = clip_to_array(nnedi3_rpow2(clip)) if hasattr(core, "znedi3") else "not installed: pip install vapoursynth-znedi3"
+    return out
+
+
+def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: int, steps: int = CEILING_STEPS, seed: int = 0) -> dict:
+    """The ceiling: LoRA factors of the hypernet's rank fitted to this clip's (LR window -> HR frame) pairs,
+    starting from the hypernet's prediction."""
+    rng = np.random.default_rng(seed)
+    with torch.no_grad():
+        start = hypernet.factors(hypernet.summarise(lr, base))
+    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in start.items()}
+    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=CEILING_LR)
+    t, k = lr.shape[0], base.window // 2
+    c = min(CEILING_CROP, lr.shape[-2], lr.shape[-1])
+    with lora_applied(base, params):
+        for _ in range(steps):
+            centres = rng.integers(0, t, 4)
+            ys, xs = rng.integers(0, lr.shape[-2] - c + 1, 4), rng.integers(0, lr.shape[-1] - c + 1, 4)
+            idx = np.clip(centres[:, None] + np.arange(-k, k + 1)[None], 0, t - 1)
+            windows = torch.stack([lr[i, :, :, y : y + c, x : x + c] for i, y, x in zip(torch.from_numpy(idx), ys, xs)])
+            target = torch.stack([hr[n, :, y * scale : (y + c) * scale, x * scale : (x + c) * scale] for n, y, x in zip(centres, ys, xs)])
+            loss = charbonnier(base(windows), target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {n: (a.detach(), b.detach()) for n, (a, b) in params.items()}
+
+
+def score(sr: np.ndarray | torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
+    sr = deg.quantise(torch.as_tensor(sr))
+    return {"y_psnr": float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)])), "ssim": float(np.mean([y_ssim(a, b) for a, b in zip(sr, hr)]))}
+
+
+def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], refine: int = 10, ceiling: bool = True,
+               device: str = "cpu", progress=print) -> tuple[dict, dict]:
+    """results[chain][clip][method] = {y_psnr, ssim}, and one clip's outputs for the comparison picture."""
+    from ..engine import preset_registry
+    from ..engine.analyse import analyse_frames
+
+    results: dict = {}
+    picture: dict = {}
+    for chain in chains:
+        results[chain] = {}
+        for name, hr in clips.items():
+            lr = deg.apply(hr, 2, deg.CHAINS[chain], np.random.default_rng(0))
+            outs = peers(lr)
+            for p in presets:
+                preset = preset_registry.get(p)
+                base = preset_registry.load_model(preset, device=device)
+                with torch.inference_mode():
+                    outs[p] = upscale_clip(base, lr.to(device)).cpu()
+                if preset.card["training"].get("degradation") == "real" and (preset.card.get("hypernet") or {}).get("weights"):
+                    frames = list(lr.numpy())
+                    for label, steps in (("+ memory", 0), (f"+ refine {refine}", refine)):
+                        if label != "+ memory" and not refine:
+                            continue
+                        lora = analyse_frames(frames, p, steps, device)
+                        with torch.inference_mode():
+                            outs[f"{p} {label}"] = upscale_clip(preset_registry.load_model(preset, lora, device=device), lr.to(device)).cpu()
+                    if ceiling:
+                        hypernet, _ = preset_registry.load_hypernet(preset, base, device=device)
+                        factors = fit_lora_with_hr(base, hypernet, lr.to(device), hr.to(device), preset.scale)
+                        with torch.inference_mode(), lora_applied(base, factors):
+                            outs[f"{p} ceiling"] = upscale_clip(base, lr.to(device)).cpu()
+            results[chain][name] = {m: (score(o, hr) if not isinstance(o, str) else o) for m, o in outs.items()}
+            if not picture and chain != "bi":
+                picture = {"chain": chain, "clip": name, "columns": {m: np.asarray(deg.quantise(torch.as_tensor(o)))
+                                                                     for m, o in outs.items() if not isinstance(o, str)} | {"original": hr.numpy()}}
+            progress(f"{chain} {name}: " + ", ".join(f"{m} {r['y_psnr']:.2f}" for m, r in results[chain][name].items() if isinstance(r, dict)))
+    return results, picture
+
+
+def summarise(results: dict) -> dict:
+    """Per chain: the mean over clips; then 'mean (degraded)' over every chain but bi, and 'mean' over all."""
+    table: dict = {}
+    for chain, per_clip in results.items():
+        methods = next(iter(per_clip.values())).keys()
+        table[chain] = {}
+        for m in methods:
+            vals = [r[m] for r in per_clip.values()]
+            table[chain][m] = vals[0] if isinstance(vals[0], str) else {k: float(np.mean([v[k] for v in vals])) for k in ("y_psnr", "ssim")}
+    methods = next(iter(table.values())).keys()
+    for label, rows in (("mean (degraded)", [c for c in table if c != "bi"]), ("mean", list(table))):
+        if rows:
+            table[label] = {m: (table[rows[0]][m] if isinstance(table[rows[0]][m], str) else
+                                {k: float(np.mean([table[c][m][k] for c in rows])) for k in ("y_psnr", "ssim")}) for m in methods}
+    return table
+
+
+def format_table(table: dict, key: str = "y_psnr") -> str:
+    methods = list(next(iter(table.values())).keys())
+    width = max(22, *(len(c) + 2 for c in table))
+    lines = ["| chain | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
+    for chain, row in table.items():
+        cells = [row[m] if isinstance(row[m], str) else f"{row[m][key]:.{2 if key == 'y_psnr' else 4}f}" for m in methods]
+        lines.append(f"| {chain:<{width}} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
