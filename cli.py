@@ -202,6 +202,17 @@ def cmd_bench_real(args) -> None:
                              for m, v in cols.items()}, len(cols["original"]) // 2)
         print(f"comparison: {png}", file=sys.stderr)
     record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__}
+    from .engine import preset_registry
+    from .training.data import load_pack
+
+    for name in args.preset or ["fast-x2", "real-x2"]:
+        card = preset_registry.get(name).card
+        if card["training"].get("degradation") == "real" and (card.get("hypernet") or {}).get("weights") and not args.no_probe:
+            probe = bench_real.degradation_probe(name, load_pack(args.data_dir / "train-pack.npz"))
+            record.setdefault("degradation_probe", {})[name] = probe
+            print(f"\nWhat {name}'s clip summary knows of the degradation (ridge probe, held-out sampled clips):")
+            for what, r in probe.items():
+                print(f"  {what}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     (args.out / "bench_real.json").write_text(json.dumps(record, indent=1))
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped; frames {args.first}..{args.first + args.frames - 1} "
           f"of each clip; {torch.get_num_threads()} threads, CPU: {cpu_name()})", file=sys.stderr)
@@ -360,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--first", type=int, default=0, help="first frame of each clip (default %(default)s)")
     brl.add_argument("--refine", type=int, default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
     brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
+    brl.add_argument("--no-probe", action="store_true", help="skip the probe of what the clip summary knows of the degradation")
     brl.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     brl.add_argument("--device", default=None)
     brl.add_argument("--out", type=Path, default=Path("bench-out"), help="where the comparison PNG and the JSON go (default %(default)s)")

@@ -77,9 +77,8 @@ def import_torch_tensorrt():
 
 
 class CpuBackend:
-    """channels_last is oneDNN's fast path: a 480x270 x2 frame took 223 -> 159 ms on one thread with it and
-    the grouped per-frame conv (models.py). torch.compile measured 148 ms on the same frame but costs 6-20 s
-    of compilation per frame size, so it is not used."""
+    """fp32 in channels_last, oneDNN's fast path. torch.compile is not used: it gained little and costs
+    seconds of compilation per frame size (README, "Speed")."""
 
     def __init__(self, model: torch.nn.Module):
         self.device, self.dtype = torch.device("cpu"), torch.float32

@@ -53,14 +53,11 @@ _malloc_tuned = False
 
 
 def keep_large_buffers() -> None:
-    """Let glibc reuse freed blocks instead of unmapping them. By default it serves large blocks with fresh
-    mappings, and the page faults of refilling them for every frame cost as much as the convolutions.
-    Raising the mmap threshold (capped at 32 MB) fixed frames up to ~360p (640x360: 396 -> 182 ms), but a
-    540p frame's activations are larger than 32 MB: 390,000 page faults per frame remained. So no block is
-    mmapped at all (M_MMAP_MAX 0: everything comes from the heap) and up to 1 GB of freed heap is kept:
-    960x540 -> 1920x1080 on one thread, 1.3 s -> 0.55 s of CPU per frame, and no page faults.
-    The streaming loops still hand memory back every few dozen frames (release_free_memory).
-    The `hypersr` command calls this before VapourSynth starts its threads, so they share one arena."""
+    """Let glibc reuse freed blocks instead of unmapping them: by default it serves large blocks (a frame's
+    activations) with fresh mappings, and the page faults of refilling them every frame cost as much as
+    the convolutions (README, "Speed"). No block is mmapped and up to 1 GB of freed heap is kept; the
+    streaming loops hand memory back every few dozen frames (release_free_memory). The `hypersr` command
+    calls this before VapourSynth starts its threads, so that they share the one arena tuned here."""
     global _malloc_tuned
     if _malloc_tuned or _libc is None:  # not glibc: nothing to tune
         return
@@ -71,9 +68,9 @@ def keep_large_buffers() -> None:
 
 
 def release_free_memory() -> None:
-    """Hand freed heap memory back to the system (glibc's malloc_trim). Streaming through VapourSynth's
-    resizers fragments the heap: without this, `hypersr analyse` grew from 737 MB at 200 frames to
-    941 MB at 2,000 although nothing stays alive. The streaming loops call it every few dozen frames."""
+    """Hand freed heap memory back to the system (glibc's malloc_trim): streaming through VapourSynth's
+    resizers fragments the heap, and without this pass one's memory grew with the clip's length although
+    nothing stays alive (README, "The medium-term memory"). The streaming loops call it every few dozen frames."""
     if _libc is not None:
         _libc.malloc_trim(0)
 

@@ -116,7 +116,7 @@ def test_sampling_is_reproducible_and_mixed():
     assert a[0] == a[1]
     rng = np.random.default_rng(0)
     drawn = [deg.sample(rng) for _ in range(400)]
-    assert 0.05 < sum(d.is_bi for d in drawn) / 400 < 0.2  # the clean case stays in the mixture
+    assert 0.12 < sum(d.is_bi for d in drawn) / 400 < 0.3  # the clean case stays in the mixture
     assert {d.codec for d in drawn} == {None, "h264", "mpeg2", "mjpeg"}
     assert {d.downscaler for d in drawn} == set(deg.DOWNSCALERS)
     assert any(d.static_noise for d in drawn) and any(d.blur and d.blur[0] != d.blur[1] for d in drawn)

@@ -68,7 +68,7 @@ def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: 
             centres = rng.integers(0, t, 4)
             ys, xs = rng.integers(0, lr.shape[-2] - c + 1, 4), rng.integers(0, lr.shape[-1] - c + 1, 4)
             idx = np.clip(centres[:, None] + np.arange(-k, k + 1)[None], 0, t - 1)
-            windows = torch.stack([lr[i, :, :, y : y + c, x : x + c] for i, y, x in zip(torch.from_numpy(idx), ys, xs)])
+            windows = torch.stack([lr[i, :, y : y + c, x : x + c] for i, y, x in zip(torch.from_numpy(idx), ys, xs)])
             target = torch.stack([hr[n, :, y * scale : (y + c) * scale, x * scale : (x + c) * scale] for n, y, x in zip(centres, ys, xs)])
             loss = charbonnier(base(windows), target)
             opt.zero_grad(set_to_none=True)
@@ -146,3 +146,53 @@ def format_table(table: dict, key: str = "y_psnr") -> str:
         cells = [row[m] if isinstance(row[m], str) else f"{row[m][key]:.{2 if key == 'y_psnr' else 4}f}" for m in methods]
         lines.append(f"| {chain:<{width}} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def degradation_probe(preset: str, pack, n_train: int = 256, n_test: int = 96, frames: int = 6, size: int = 128, seed: int = 0) -> dict:
+    """How well a clip's summary identifies its degradation: a ridge regression from the hypernet's
+    summary vector to the degradation's parameters, fitted on sampled training clips (each with its own
+    sampled degradation) and scored on other sampled clips. Reports, for the luma noise sigma (x255), the
+    blur sigma (0: none) and the H.264 CRF (H.264 clips only), the probe's mean absolute error next to that
+    of always guessing the mean, and the accuracy of telling the codec (none, H.264, MPEG-2, MJPEG)."""
+    from ..engine import preset_registry
+    from ..engine.hypernet import Memory
+    from .data import ClipSampler
+
+    p = preset_registry.get(preset)
+    base = preset_registry.load_model(p)
+    hypernet, _ = preset_registry.load_hypernet(p, base)
+    sampler = ClipSampler(pack.scenes, pack.clips, frames, size, multi_shot_fraction=0.0)
+    rng = np.random.default_rng(seed)
+    codecs = [None, "h264", "mpeg2", "mjpeg"]
+    vectors, targets = [], []
+    with torch.inference_mode():
+        for _ in range(n_train + n_test):
+            hr, _ = sampler.sample(rng)
+            d = deg.sample(rng)
+            lr = deg.apply(hr, p.scale, d, rng)
+            vectors.append(Memory.read(hypernet.summarise(lr, base)).double())
+            blur = 0.0 if d.blur is None else (d.blur[0] + d.blur[1]) / 2
+            targets.append([d.noise * 255, blur, d.quality if d.codec == "h264" else np.nan, *[float(d.codec == c) for c in codecs]])
+    x, y = torch.stack(vectors).numpy(), np.array(targets)
+    mu, sd = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
+    x = np.concatenate([(x - mu) / sd, np.ones((len(x), 1))], 1)
+    train, test = slice(0, n_train), slice(n_train, None)
+
+    def ridge(cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        a = x[train][rows[train]]
+        w = np.linalg.solve(a.T @ a + 10.0 * np.eye(a.shape[1]), a.T @ y[train][rows[train]][:, cols])
+        return x[test] @ w
+
+    out = {}
+    everything = np.ones(len(y), bool)
+    for name, col, rows in (("noise sigma (x255)", 0, everything), ("blur sigma (HR px)", 1, everything), ("H.264 CRF", 2, ~np.isnan(y[:, 2]))):
+        pred = ridge(np.array([col]), rows)[:, 0][rows[test]]
+        truth = y[test][rows[test], col]
+        guess = np.nanmean(y[train][rows[train], col])
+        out[name] = {"probe_mae": float(np.abs(pred - truth).mean()), "mean_guess_mae": float(np.abs(guess - truth).mean()),
+                     "correlation": float(np.corrcoef(pred, truth)[0, 1]), "test_clips": int(rows[test].sum())}
+    scores = ridge(np.arange(3, 7), everything)
+    truth = y[test][:, 3:].argmax(1)
+    out["codec (none/H.264/MPEG-2/MJPEG)"] = {"accuracy": float((scores.argmax(1) == truth).mean()),
+                                             "majority_guess": float(np.bincount(truth).max() / len(truth)), "test_clips": len(truth)}
+    return out

@@ -72,21 +72,28 @@ CHAINS: dict[str, Degradation] = {
 }
 
 
+def _mild(rng: np.random.Generator, low: float, high: float) -> float:
+    """A value in [low, high], mild ones more often (density falling towards `high`), as in real sources."""
+    return float(low + (high - low) * rng.random() ** 2)
+
+
 def sample(rng: np.random.Generator) -> Degradation:
-    """A training clip's degradation: a tenth are the clean BI case, the rest a random chain."""
-    if rng.random() < 0.1:
+    """A training clip's degradation: a fifth are the clean BI case, the rest a random chain whose
+    strengths lean mild. (A first run with uniform strengths, 70 % blurred and 60 % noisy clips, lost
+    3-8 dB on clean input after 1,000 steps: the network learnt to sharpen and denoise everything.)"""
+    if rng.random() < 0.2:
         return BI
     blur = None
-    if rng.random() < 0.7:
+    if rng.random() < 0.5:
         if rng.random() < 0.6:
-            s = float(rng.uniform(0.2, 2.5))
+            s = _mild(rng, 0.2, 2.5)
             blur = (s, s, 0.0)
         else:
-            blur = (float(rng.uniform(0.2, 2.5)), float(rng.uniform(0.2, 2.5)), float(rng.uniform(0, math.pi)))
-    noisy = rng.random() < 0.6
-    noise = float(rng.uniform(0, 10 / 255)) if noisy else 0.0
-    chroma_noise = float(rng.uniform(0, 10 / 255)) if noisy and rng.random() < 0.5 else 0.0
-    codec = rng.choice(["h264", "h264", "mpeg2", "mjpeg", "none"])
+            blur = (_mild(rng, 0.2, 2.5), _mild(rng, 0.2, 2.5), float(rng.uniform(0, math.pi)))
+    noisy = rng.random() < 0.4
+    noise = _mild(rng, 0, 10 / 255) if noisy else 0.0
+    chroma_noise = _mild(rng, 0, 10 / 255) if noisy and rng.random() < 0.5 else 0.0
+    codec = rng.choice(["h264", "h264", "h264", "mpeg2", "mjpeg", "none", "none"])
     quality = {"h264": int(rng.integers(18, 39)), "mpeg2": int(rng.integers(2, 16)), "mjpeg": int(rng.integers(2, 16)), "none": 0}[codec]
     return Degradation(blur=blur, downscaler=str(rng.choice(DOWNSCALERS)), noise=noise, chroma_noise=chroma_noise,
                        static_noise=bool(noisy and rng.random() < 0.3), chroma420=bool(codec != "none" or rng.random() < 0.5),
@@ -248,9 +255,26 @@ class TrainingDegradation:
             return degrade_windows(hr, scale, rng)[0]
         return apply(hr, scale, sample(rng), rng)
 
+    def clip(self, hr: torch.Tensor, scale: int, rng: np.random.Generator) -> tuple[torch.Tensor, Degradation]:
+        """One clip [T, 3, H, W] -> (LR, the degradation it got)."""
+        d = BI if self.name == "bi" else sample(rng)
+        return (apply_bi(hr, scale) if d.is_bi else apply(hr, scale, d, rng)), d
+
     def validation(self, hr: torch.Tensor, scale: int) -> dict[str, torch.Tensor]:
         """One validation clip [T, 3, H, W] -> {chain: LR}, the same every time."""
         return {c: apply(hr, scale, CHAINS[c], np.random.default_rng(0)) for c in self.VALIDATION[self.name]}
+
+
+AUX_TARGETS = 7
+
+
+def aux_target(d: Degradation) -> torch.Tensor:
+    """The degradation as what the hypernet's auxiliary head predicts during meta-training, each in about
+    0..1: noise, chroma noise, blur (mean sigma), the codec (H.264, MPEG-2, MJPEG; all 0: none), its quality."""
+    blur = 0.0 if d.blur is None else (d.blur[0] + d.blur[1]) / 2
+    quality = {"h264": (d.quality - 18) / 20, "mpeg2": (d.quality - 2) / 13, "mjpeg": (d.quality - 2) / 13}.get(d.codec, 0.0)
+    codec = [float(d.codec == c) for c in (None, "h264", "mpeg2", "mjpeg")]
+    return torch.tensor([d.noise * 25.5, d.chroma_noise * 25.5, blur / 2.5, *codec[1:], quality])
 
 
 def apply_bi(hr: torch.Tensor, scale: int) -> torch.Tensor:

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from ..engine.losses import charbonnier
 from ..engine.networks import build_model
 from . import data
-from .degradation import TrainingDegradation
+from .degradation import AUX_TARGETS, TrainingDegradation, aux_target
 from .metrics import y_psnr
 
 
@@ -185,16 +185,24 @@ def train_base(
 
 # --- meta-training the hypernet ------------------------------------------------------------------
 
+AUX_WEIGHT = 0.01  # the auxiliary degradation head's share of the meta-training loss ("real" presets)
 HYPERNET_ARCH = {"dim": 64, "queries": 8, "rank": 4, "patch": 32, "per_side": 4, "hidden": 128}
 HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "targets": 2, "lr": 1e-3, "seed": 0}  # size: 64 LR pixels
 
-def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int], centres: list[int]) -> torch.Tensor:
-    """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier."""
+def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int], centres: list[int], aux=None, aux_target=None) -> torch.Tensor:
+    """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier.
+    aux: a head reading the standardised summary that must predict the clip's degradation (aux_target);
+    its error is added with weight AUX_WEIGHT, so that the summary learns what degraded the clip."""
+    from ..engine.hypernet import Memory
     from ..engine.lora import lora_applied
 
     idx = data.shot_windows(centres, cuts, len(hr), base.window)
-    with lora_applied(base, hypernet.factors(hypernet.summarise(lr, base))):
-        return charbonnier(base(lr[idx]), hr[centres])
+    summary = hypernet.summarise(lr, base)
+    with lora_applied(base, hypernet.factors(summary)):
+        loss = charbonnier(base(lr[idx]), hr[centres])
+    if aux is not None:
+        loss = loss + AUX_WEIGHT * torch.nn.functional.mse_loss(aux(hypernet.standardise(Memory.read(summary))), aux_target)
+    return loss
 
 
 def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int, device, degrade) -> dict[str, dict[str, float]]:
@@ -261,7 +269,10 @@ def train_hypernet(
     degrade = TrainingDegradation(degradation)
     base = preset_registry.load_model(preset, device=device)
     hypernet = build_hypernet(base, arch).to(device)
-    opt = torch.optim.AdamW(hypernet.parameters(), lr=lr, weight_decay=weight_decay)
+    # For real sources, a linear head learns to read the clip's degradation from the summary; it trains with
+    # the hypernet and is discarded: what users run is the hypernet alone.
+    aux = torch.nn.Linear(hypernet.standardise.mean.numel(), AUX_TARGETS).to(device) if degrade.name == "real" else None
+    opt = torch.optim.AdamW(list(hypernet.parameters()) + (list(aux.parameters()) if aux else []), lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
     ckpt = out / "checkpoint.pt"
     start = resume(ckpt, hypernet, opt, sched, rng, device)
@@ -276,8 +287,8 @@ def train_hypernet(
         for _ in range(clips):
             hr, cuts = sampler.sample(rng)
             centres = sorted(rng.choice(frames, targets, replace=False).tolist())
-            lr = degrade(hr, scale, rng)
-            loss = loss + clip_loss(hypernet, base, hr.to(device), lr.to(device), cuts, centres) / clips
+            lr, d = degrade.clip(hr, scale, rng)
+            loss = loss + clip_loss(hypernet, base, hr.to(device), lr.to(device), cuts, centres, aux, aux_target(d).to(device)) / clips
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)
