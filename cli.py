@@ -43,7 +43,8 @@ def cmd_train_base(args) -> None:
                 "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
         if preset.card["training"].get("degradation") == "real":
             data += ("; every training window degraded by its own sampled real-source chain (training/degradation.py: optical blur, "
-                     "one of six downscalers, Gaussian noise or grain, 4:2:0, H.264 / MPEG-2 / MJPEG through PyAV), a tenth clean BI")
+                     "one of six downscalers, Gaussian noise or grain, 4:2:0, H.264 / MPEG-2 / MJPEG through PyAV), a fifth clean BI; "
+                     f"{hp.get('bank', 4096)} degraded windows made once at the start (the bank) and drawn from with random flips")
         record = training_record(args, hp, pack, t0, data)
         preset_registry.install_weights(preset, weights, record)
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
@@ -181,7 +182,9 @@ def cmd_bench_quality(args) -> None:
 def cmd_bench_real(args) -> None:
     import torch
 
+    from .engine import preset_registry
     from .training import bench_real, degradation
+    from .training.data import load_pack
     from .training.evaluate import comparison_png, validation_clips
 
     chains = args.chain or list(degradation.CHAINS)
@@ -202,9 +205,6 @@ def cmd_bench_real(args) -> None:
                              for m, v in cols.items()}, len(cols["original"]) // 2)
         print(f"comparison: {png}", file=sys.stderr)
     record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__}
-    from .engine import preset_registry
-    from .training.data import load_pack
-
     for name in args.preset or ["fast-x2", "real-x2"]:
         card = preset_registry.get(name).card
         if card["training"].get("degradation") == "real" and (card.get("hypernet") or {}).get("weights") and not args.no_probe:
