@@ -26,10 +26,7 @@ def cmd_train_base(args) -> None:
     for key in ("steps", "batch", "patch", "lr", "seed", "val_every"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
-    arch = dict(preset.card["architecture"])
-    for item in args.arch or []:  # experiments: --arch channels=48 --arch fusion=perframe
-        key, _, value = item.partition("=")
-        arch[key] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)
+    arch = with_overrides(preset.card["architecture"], args.arch)
     out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
     if args.install and arch != preset.card["architecture"]:
@@ -60,9 +57,19 @@ def training_record(args, hp: dict, pack: Path, t0: float, data: str) -> dict:
             "hardware": hardware, "torch": torch.__version__, "command": "hypersr " + shlex.join(sys.argv[1:])}
 
 
+def with_overrides(arch: dict, items: list[str] | None) -> dict:
+    """An architecture with --arch KEY=VALUE overrides (--arch channels=48 --arch evidence=true)."""
+    arch = dict(arch)
+    for item in items or []:
+        key, _, value = item.partition("=")
+        arch[key] = int(value) if value.isdigit() else {"true": True, "false": False}.get(value, value)
+    return arch
+
+
 def cmd_train_hypernet(args) -> None:
     from .engine import preset_registry
-    from .training.train import HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
+    from .engine.files import readable_file, sha256_file
+    from .training.train import AUX_WEIGHT, HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
 
     preset = preset_registry.get(args.preset)
     section = preset.card.get("hypernet", {})
@@ -70,16 +77,26 @@ def cmd_train_hypernet(args) -> None:
     for key in ("steps", "lr", "seed", "size"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
-    arch = section.get("architecture", HYPERNET_ARCH)
+    arch = with_overrides(section.get("architecture", HYPERNET_ARCH), args.arch)
     pack = args.pack or args.data_dir / "train-pack.npz"
     if not pack.exists():
         raise HypersrError(f"training pack {pack} is missing; make it with `hypersr data pack`")
+    if args.init:
+        readable_file(args.init, "--init hypernet")
+    degradation = preset.card["training"].get("degradation", "bi")
     t0 = time.time()
-    weights = train_hypernet(preset, arch, Path(args.out or f"runs/{preset.name}-hypernet"), pack,
-                             preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
+    weights = train_hypernet(preset, arch, Path(args.out or f"runs/{preset.name}-hypernet"), pack, degradation,
+                             device=args.device, init=args.init, **hp)
     if args.install:
         data = ("meta-training on the training pack: single-shot clips (simulated camera over the scenes, carphone_pristine) "
                 "and two-shot clips of one scene (close-up + distant shot); base weights frozen")
+        if degradation == "real":
+            data += ("; each clip degraded by its own sampled real-source chain (the base's mixture); an auxiliary linear head "
+                     f"reads the standardised summary and predicts the clip's degradation parameters (weight {AUX_WEIGHT}), "
+                     "and is discarded after training")
+        if args.init:
+            data += f"; started from the hypernet {args.init.name} (sha256 {sha256_file(args.init)[:16]}), new inputs at zero"
+        hp = {**hp, "init": args.init.name} if args.init else hp
         preset_registry.install_hypernet(preset, weights, arch, training_record(args, hp, pack, t0, data))
         print(f"installed {weights} as the hypernet of preset {preset.name}", file=sys.stderr)
 
@@ -425,6 +442,8 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--lr", type=float)
     th.add_argument("--seed", type=int)
     th.add_argument("--size", type=int, help="HR side of the training clips (default 64 LR pixels x scale)")
+    th.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override a hypernet architecture field (evidence=true)")
+    th.add_argument("--init", type=Path, metavar="FILE", help="start from these hypernet weights (inputs it lacks start at zero)")
     th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")
     th.set_defaults(func=cmd_train_hypernet)
     return parser

@@ -10,6 +10,11 @@ Three parts:
   attend over every token of the clip with running-softmax accumulators (max, sum of weights, weighted
   sum of values), plus first and second moments of the tokens. Two segments summarised apart and merged
   equal the whole clip's summary, and memory stays O(1) in clip length.
+- Evidence (optional, the real-source presets): fixed statistics of the frames that a codec, a scaler,
+  blur or noise leave behind: a histogram of the local high-frequency level (its low end is the noise
+  floor), gradients at each pixel phase modulo 16 (8x8 block edges and 16x16 macroblocks stand out
+  against their neighbours), band energies (spectral fall-off: blur), and chroma against luma detail.
+  They are sums, so they merge like the rest.
 - LoRAGenerator: summary -> LoRA factors (A, B) of rank r for every adapted layer of the base model, by
   one head shared across layers and conditioned on a learned embedding per layer. Its B projection starts
   at zero, so an untrained hypernet gives a zero LoRA and the base model unchanged.
@@ -71,6 +76,74 @@ class ClipEncoder(nn.Module):
         return self.out(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
 
 
+EVIDENCE_BINS = 20  # histogram of log2(8x8-block high-pass RMS x 255), from -4 to 6
+EVIDENCE_PHASES = 16
+
+
+def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = math.ceil(3 * sigma)
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=x.dtype, device=x.device) ** 2) / (2 * sigma**2))
+    k = k / k.sum()
+    x = F.pad(x, (r, r, r, r), mode="replicate")
+    return F.conv2d(F.conv2d(x, k.view(1, 1, 1, -1)), k.view(1, 1, -1, 1))
+
+
+EVIDENCE_TILE = 64  # LR pixels, the size of the meta-training frames: the same statistics in training and use
+
+
+def evidence_tiles(frames: torch.Tensor) -> torch.Tensor:
+    """[T, 3, H, W] -> up to 4 x 4 tiles per frame [N, 3, t, t], their corners on the 16-pixel grid (where
+    codecs put their blocks), spread evenly: the cost per frame is the same at any resolution."""
+    h, w = frames.shape[-2:]
+    t = min(EVIDENCE_TILE, h, w)
+    ys = sorted({int(v) // 16 * 16 for v in torch.linspace(0, h - t, 4)})
+    xs = sorted({int(v) // 16 * 16 for v in torch.linspace(0, w - t, 4)})
+    return torch.cat([frames[:, :, y : y + t, x : x + t] for y in ys for x in xs])
+
+
+def evidence_sums(frames: torch.Tensor) -> torch.Tensor:
+    """[T, 3, H, W] LR frames -> the degradation evidence as float64 sums (add them to merge clips)."""
+    x = evidence_tiles(frames).float()
+    total = lambda v: v.double().sum()  # noqa: E731 (float32 sums of a clip and of its parts differ in the last digits)
+    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    y2 = F.avg_pool2d(y, 2)
+    high, mid, low = y - _gaussian(y, 1.0), y2 - _gaussian(y2, 1.0), (y2 - F.avg_pool2d(y2, 2).repeat_interleave(2, 2).repeat_interleave(2, 3))
+    n, _, h, w = y.shape
+    hb, wb = h // 8 * 8, w // 8 * 8
+    block_rms = high[..., :hb, :wb].pow(2).unflatten(2, (hb // 8, 8)).unflatten(4, (wb // 8, 8)).mean((3, 5)).sqrt()
+    hist = torch.histc(torch.log2(block_rms * 255 + 1e-3).clamp(-4, 6 - 1e-6), EVIDENCE_BINS, -4, 6).double()
+    phase_x = torch.arange(w - 1, device=x.device) % EVIDENCE_PHASES
+    phase_y = torch.arange(h - 1, device=x.device) % EVIDENCE_PHASES
+    z = torch.zeros(EVIDENCE_PHASES, dtype=torch.float64, device=x.device)
+    across_x = z.index_add(0, phase_x, (y[..., 1:] - y[..., :-1]).abs().double().sum((0, 1, 2)))  # between columns p and p+1
+    across_y = z.index_add(0, phase_y, (y[..., 1:, :] - y[..., :-1, :]).abs().double().sum((0, 1, 3)))
+    count_x = z.index_add(0, phase_x, z.new_full((w - 1,), float(n * h)))
+    count_y = z.index_add(0, phase_y, z.new_full((h - 1,), float(n * w)))
+    bands = torch.stack([total(high.pow(2)), 4 * total(mid.pow(2)), 4 * total(low.pow(2))])  # per full-size pixel
+    chroma = torch.stack([total((c - _gaussian(c, 1.0)).pow(2)) for c in (x[:, 2:3] - y, x[:, 0:1] - y)])
+    return torch.cat([hist, across_x, count_x, across_y, count_y, bands, chroma, z.new_tensor([float(y.numel())])])
+
+
+EVIDENCE_SUMS = EVIDENCE_BINS + 4 * EVIDENCE_PHASES + 6
+EVIDENCE_FEATURES = EVIDENCE_BINS + 2 * 9 + 3 + 2
+
+
+def read_evidence(sums: torch.Tensor) -> torch.Tensor:
+    """Evidence sums -> features: the histogram as a distribution, block-edge contrasts, log band energies."""
+    hist, across_x, count_x, across_y, count_y, bands, chroma, pixels = sums.split(
+        [EVIDENCE_BINS, *[EVIDENCE_PHASES] * 4, 3, 2, 1])
+    n = pixels.clamp(min=1)
+
+    def edge_contrast(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        g = torch.log(total / count.clamp(min=1) + 1e-5)
+        c = g - 0.5 * (g.roll(1) + g.roll(-1))  # each phase against its neighbours: content averages out
+        return torch.cat([c.view(2, 8).mean(0), (c[15] - c[7]).view(1)])
+
+    energy = bands / n
+    return torch.cat([hist / hist.sum().clamp(min=1), edge_contrast(across_x, count_x), edge_contrast(across_y, count_y),
+                      torch.log(energy + 1e-9), torch.log((chroma / n + 1e-9) / (energy[0] + 1e-9))]).float()
+
+
 @dataclass
 class ClipSummary:
     """Mergeable statistics of a clip's tokens (float64). Attention accumulators per memory query:
@@ -82,12 +155,14 @@ class ClipSummary:
     att_max: torch.Tensor  # [Q]
     att_sum: torch.Tensor  # [Q]
     att_acc: torch.Tensor  # [Q, D]
+    evidence: torch.Tensor  # [EVIDENCE_SUMS], or [0] for a hypernet that reads none
     frames: int = 0
 
     @staticmethod
-    def empty(queries: int, dim: int, device=None) -> ClipSummary:
+    def empty(queries: int, dim: int, device=None, evidence: bool = False) -> ClipSummary:
         z = lambda *s: torch.zeros(s, dtype=torch.float64, device=device)
-        return ClipSummary(z(), z(dim), z(dim), torch.full((queries,), -math.inf, dtype=torch.float64, device=device), z(queries), z(queries, dim))
+        return ClipSummary(z(), z(dim), z(dim), torch.full((queries,), -math.inf, dtype=torch.float64, device=device), z(queries),
+                           z(queries, dim), z(EVIDENCE_SUMS if evidence else 0))
 
     def merge(self, other: ClipSummary) -> ClipSummary:
         m = torch.maximum(self.att_max, other.att_max)
@@ -95,12 +170,13 @@ class ClipSummary:
         b = _rescale(other.att_max, m)
         return ClipSummary(
             self.count + other.count, self.moment1 + other.moment1, self.moment2 + other.moment2, m,
-            self.att_sum * a + other.att_sum * b, self.att_acc * a[:, None] + other.att_acc * b[:, None], self.frames + other.frames,
+            self.att_sum * a + other.att_sum * b, self.att_acc * a[:, None] + other.att_acc * b[:, None],
+            self.evidence + other.evidence, self.frames + other.frames,
         )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"count": self.count, "moment1": self.moment1, "moment2": self.moment2, "att_max": self.att_max,
-                "att_sum": self.att_sum, "att_acc": self.att_acc}
+                "att_sum": self.att_sum, "att_acc": self.att_acc, "evidence": self.evidence}
 
 
 def _rescale(old_max: torch.Tensor, new_max: torch.Tensor) -> torch.Tensor:
@@ -125,16 +201,17 @@ class Memory(nn.Module):
         w = torch.exp(scores - m)  # [N, Q]
         v = self.value(tokens).double()
         return ClipSummary(torch.tensor(float(len(t)), dtype=torch.float64, device=t.device), t.sum(0), (t * t).sum(0), m,
-                           w.sum(0), w.T @ v, frames)
+                           w.sum(0), w.T @ v, t.new_zeros(0), frames)
 
     @staticmethod
     def read(s: ClipSummary) -> torch.Tensor:
-        """The summary as one float32 vector: attention readouts, token mean and log spread."""
+        """The summary as one float32 vector: attention readouts, token mean and log spread, evidence."""
         n = s.count.clamp(min=1)
         mean = s.moment1 / n
         std = (s.moment2 / n - mean * mean).clamp(min=0).add(1e-6).sqrt()
         readout = s.att_acc / s.att_sum.clamp(min=1e-30)[:, None]
-        return torch.cat([readout.flatten(), mean, std.log()]).float()
+        evidence = read_evidence(s.evidence).to(readout) if s.evidence.numel() else readout.new_zeros(0)
+        return torch.cat([readout.flatten(), mean, std.log(), evidence]).float()
 
 
 class ClipStandardiser(nn.Module):
@@ -193,24 +270,28 @@ class LoRAGenerator(nn.Module):
 
 class HyperNet(nn.Module):
     def __init__(self, layers: list[tuple[str, int, int]], dim: int = 64, queries: int = 8, rank: int = 4,
-                 patch: int = 32, per_side: int = 4, hidden: int = 128):
+                 patch: int = 32, per_side: int = 4, hidden: int = 128, evidence: bool = False):
         super().__init__()
         self.encoder = ClipEncoder(dim, patch, per_side)
         self.memory = Memory(dim, queries)
-        self.standardise = ClipStandardiser(queries * dim + 2 * dim)
-        self.generator = LoRAGenerator(queries * dim + 2 * dim, layers, rank, hidden)
-        self.dim, self.n_queries, self.rank = dim, queries, rank
+        summary_dim = queries * dim + 2 * dim + (EVIDENCE_FEATURES if evidence else 0)
+        self.standardise = ClipStandardiser(summary_dim)
+        self.generator = LoRAGenerator(summary_dim, layers, rank, hidden)
+        self.dim, self.n_queries, self.rank, self.evidence = dim, queries, rank, evidence
 
     @staticmethod
     def layers_of(base: nn.Module) -> list[tuple[str, int, int]]:
         return [(name, m.fan_in, m.out_channels) for name, m in sorted(lora_layers(base).items())]
 
     def empty_summary(self, device=None) -> ClipSummary:
-        return ClipSummary.empty(self.n_queries, self.dim, device)
+        return ClipSummary.empty(self.n_queries, self.dim, device, self.evidence)
 
     def summarise(self, frames: torch.Tensor, base: nn.Module) -> ClipSummary:
         """LR frames [T, 3, H, W] (any number of them) -> their ClipSummary."""
-        return self.memory.summarise(self.encoder(frames, base), len(frames))
+        summary = self.memory.summarise(self.encoder(frames, base), len(frames))
+        if self.evidence:
+            summary.evidence = evidence_sums(frames)
+        return summary
 
     def factors(self, summary: ClipSummary) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         return self.generator(self.standardise(Memory.read(summary)))

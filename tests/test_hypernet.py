@@ -182,3 +182,43 @@ def test_trained_hypernet_beats_the_base_on_the_bundled_clip(sample_hr):
     assert MEASURED_GAIN is not None, f"record the measured gain ({gain:+.3f} dB) in MEASURED_GAIN"
     assert gain >= MEASURED_GAIN - MARGIN
     assert gain > 0
+
+
+def test_evidence_merges_and_a_warm_start_begins_where_the_old_hypernet_ended(frames):
+    from hypersr.training.train import warm_start
+
+    p = preset_registry.get("fast-x2")
+    base = preset_registry.load_model(p)
+    old, _ = preset_registry.load_hypernet(p, base)
+    new = build_hypernet(base, {**p.card["hypernet"]["architecture"], "evidence": True})
+    warm_start(new, old.state_dict())
+    new.eval()
+    x = torch.from_numpy(frames)
+    with torch.inference_mode():
+        whole = new.summarise(x, base)
+        merged = new.summarise(x[:4], base).merge(new.summarise(x[4:], base))
+        assert whole.evidence.numel() > 0 and torch.isfinite(whole.evidence).all()
+        torch.testing.assert_close(merged.evidence, whole.evidence, rtol=1e-9, atol=1e-9)
+        for (A1, B1), (A2, B2) in zip(old.factors(old.summarise(x, base)).values(), new.factors(whole).values()):
+            torch.testing.assert_close(A2, A1, rtol=1e-5, atol=1e-7)  # the evidence's weights start at zero
+            torch.testing.assert_close(B2, B1, rtol=1e-5, atol=1e-7)
+
+
+def test_evidence_sees_block_edges_noise_and_blur():
+    """Each part of the evidence moves the way its degradation says, on the same textured clip."""
+    from hypersr.engine.hypernet import EVIDENCE_BINS, evidence_sums, read_evidence
+    from hypersr.training import degradation as deg
+
+    texture = deg.blur(torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(0)), 0.8, 0.8, 0.0)[0]  # every frequency
+    clip = torch.stack([0.25 + 0.5 * texture[:, :, i : i + 128] for i in range(6)])
+    features = lambda c: read_evidence(evidence_sums(c))  # noqa: E731
+    clean = features(deg.quantise(clip))
+    edges = slice(EVIDENCE_BINS, EVIDENCE_BINS + 18)  # block-edge contrasts, across x then across y
+    blocky = features(deg.encode(clip, "mpeg2", 15))
+    assert float(blocky[edges][7]) > float(clean[edges][7]) + 0.1  # the 8x8 block edge (between pixels 7 and 8)
+    noisy = features(deg.quantise(clip + 8 / 255 * torch.randn(clip.shape, generator=torch.Generator().manual_seed(0))))
+    level = torch.arange(EVIDENCE_BINS, dtype=torch.float32)
+    assert float((noisy[:EVIDENCE_BINS] * level).sum()) > float((clean[:EVIDENCE_BINS] * level).sum()) + 1  # the noise floor rises
+    bands = slice(EVIDENCE_BINS + 18, EVIDENCE_BINS + 21)  # log energies, finest band first
+    blurred = features(deg.quantise(deg.blur(clip, 1.5, 1.5, 0.0)))
+    assert float(blurred[bands][0] - blurred[bands][2]) < float(clean[bands][0] - clean[bands][2]) - 1  # spectral fall-off

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from ..engine.losses import charbonnier
@@ -228,6 +228,21 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
     return scores
 
 
+def warm_start(hypernet, state: dict[str, torch.Tensor]) -> None:
+    """Start from an earlier hypernet's weights. Where this one reads more summary features (evidence),
+    the new inputs' weights start at zero, so it begins exactly where the earlier one ended."""
+    own = hypernet.state_dict()
+    for name, old in state.items():
+        new = own[name]
+        if new.shape == old.shape:
+            new.copy_(old)
+        elif new.dim() == old.dim() and all(n >= o for n, o in zip(new.shape, old.shape)):
+            new.zero_()
+            new[tuple(slice(0, o) for o in old.shape)] = old
+        else:
+            raise ValueError(f"{name}: {tuple(old.shape)} does not fit {tuple(new.shape)}")
+
+
 def calibrate_standardiser(hypernet, base, sampler, rng, scale: int, degrade, device, clips: int = 64) -> None:
     """Start the summary standardiser from the statistics of real training clips, not from 0 and 1."""
     from ..engine.hypernet import Memory
@@ -254,6 +269,7 @@ def train_hypernet(
     seed: int = 0,
     device: str = "cpu",
     val_every: int = 250,
+    init: Path | None = None,
 ) -> Path:
     """Meta-train a preset's hypernet with its base model frozen. Each step: `clips` clips of `frames`
     frames of size x size HR; the hypernet reads each whole LR clip; the loss is on `targets` windows."""
@@ -269,6 +285,8 @@ def train_hypernet(
     degrade = TrainingDegradation(degradation)
     base = preset_registry.load_model(preset, device=device)
     hypernet = build_hypernet(base, arch).to(device)
+    if init is not None:
+        warm_start(hypernet, load_file(str(init)))
     # For real sources, a linear head learns to read the clip's degradation from the summary; it trains with
     # the hypernet and is discarded: what users run is the hypernet alone.
     aux = torch.nn.Linear(hypernet.standardise.mean.numel(), AUX_TARGETS).to(device) if degrade.name == "real" else None
