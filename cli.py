@@ -169,15 +169,18 @@ def cmd_bench_runs(args) -> None:
 
 def cmd_bench_quality(args) -> None:
     from .engine import preset_registry
-    from .training.evaluate import evaluate, table, validation_clips
+    from .training.evaluate import QUALITY_PEERS, evaluate, table, validation_clips
 
     names = args.preset or [preset_registry.DEFAULT_PRESET]
+    if args.frames is not None and args.frames < 1:
+        raise HypersrError(f"--frames must be 1 or more, not {args.frames}")
     scales = {preset_registry.get(n).scale for n in names}
     if len(scales) != 1:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
-    results = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out, args.export_variants)
-    print(table(results))
+    results, missing = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out,
+                                args.export_variants, args.frames)
+    print(table(results, missing))
     print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
     if args.update_card:
@@ -187,7 +190,8 @@ def cmd_bench_quality(args) -> None:
             card["complexity"] = preset_registry.complexity(p)
             card["validation"] = {
                 "degradation": "bi",
-                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in ("bicubic", "lanczos") or m.startswith(n)}
+                "frames": args.frames or "all",
+                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in QUALITY_PEERS or m.startswith(n)}
                           for c, r in results.items()},
                 "command": "hypersr " + shlex.join(sys.argv[1:]),
                 "torch": __import__("torch").__version__,
@@ -277,8 +281,12 @@ def cmd_bench_speed(args) -> None:
     if args.size:
         w, _, h = args.size.partition("x")
         sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
+    unknown = sorted(set(args.peer or []) - {"lanczos", "nnedi3", "liif"})
+    if unknown:
+        raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are lanczos, nnedi3, liif")
     rows, peaks = bench_speed.bench(args.preset or preset_registry.available(), backends, args.frames, sizes,
-                                    progress=lambda line: print(line, file=sys.stderr))
+                                    progress=lambda line: print(line, file=sys.stderr),
+                                    peer_names=tuple(dict.fromkeys([*bench_speed.PEERS, *(args.peer or [])])))
     print(bench_speed.table(rows, peaks))
     machine = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
     if {"cuda", "trt"} & set(backends):
@@ -363,13 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     bench = sub.add_parser("bench", help="measure").add_subparsers(dest="what", required=True)
-    bq = bench.add_parser("quality", help="Y-PSNR / SSIM on the validation clips against bicubic and Lanczos")
+    bq = bench.add_parser("quality", help="Y-PSNR / SSIM on the validation clips against bicubic, Lanczos, nnedi3 and LIIF")
     bq.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2)")
     bq.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
     bq.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bq.add_argument("--device", default=None)
     bq.add_argument("--out", type=Path, default=Path("bench-out"), help="where the plot and crops go (default %(default)s)")
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
+    bq.add_argument("--frames", type=int, help="score this many frames spread over each clip (default all; LIIF needs it: it is slow)")
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.set_defaults(func=cmd_bench_quality)
 
@@ -403,11 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     bm.add_argument("--update-card", action="store_true", help="record the results in the preset's model card")
     bm.set_defaults(func=cmd_bench_memory)
 
-    bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin")
+    bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")
     bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
     bs.add_argument("--frames", type=int, default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
+    bs.add_argument("--peer", action="append", help="also time this peer (lanczos and nnedi3 are timed anyway; liif: minutes a frame on a CPU)")
     bs.set_defaults(func=cmd_bench_speed)
 
     demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back with both passes, write the results and a comparison PNG")

@@ -4,9 +4,7 @@ The validation clips (never trained on) x the named chains of training/degradati
 H.264 at two CRFs, MPEG-2, MJPEG, blur + noise, grain + H.264, point + H.264, anisotropic blur + MPEG-2),
 each chain applied with a fixed seed. Per chain and mean, Y-PSNR and SSIM of:
 
-- lanczos: VapourSynth's Lanczos (3 taps);
-- nnedi3: znedi3 (`pip install vapoursynth-znedi3`, it bundles its weights) as nnedi3_rpow2 does it,
-  twice with field=1 and a transpose, then the half-pixel shift corrected;
+- lanczos and nnedi3 (training/peers.py);
 - every preset asked for, alone (its base network); for presets trained for real sources with a
   hypernet also "+ memory" (the LoRA its hypernet predicts from the LR clip), "+ refine N" (then N steps
   of test-time training) and "ceiling" (a LoRA of the hypernet's rank fitted to that clip with its HR
@@ -22,35 +20,12 @@ from ..engine.lora import lora_applied
 from ..engine.losses import charbonnier
 from . import degradation as deg
 from .metrics import y_psnr, y_ssim
+from .peers import peer_outputs
 from .train import upscale_clip
 
 CEILING_STEPS = 150
 CEILING_LR = 2e-3
 CEILING_CROP = 48  # LR pixels
-
-
-def nnedi3_rpow2(clip):
-    """x2 by znedi3 as the nnedi3_rpow2 idiom does it: field=1 puts the input lines on the odd output rows,
-    so after both passes the picture sits half an output pixel low and right; the resize moves it back."""
-    import vapoursynth as vs
-
-    core = vs.core
-    x = core.znedi3.nnedi3(clip, field=1, dh=True)
-    x = core.std.Transpose(core.znedi3.nnedi3(core.std.Transpose(x), field=1, dh=True))
-    return core.resize.Bicubic(x, src_top=-0.5, src_left=-0.5)
-
-
-def peers(lr: torch.Tensor) -> dict[str, np.ndarray | str]:
-    """Lanczos and nnedi3 on an LR clip [T, 3, h, w] (x2); a peer that is not installed is the line saying how to get it."""
-    import vapoursynth as vs
-
-    from ..vsplugin.io import clip_from_array, clip_to_array
-
-    core = vs.core
-    clip = clip_from_array(lr.numpy())
-    out: dict[str, np.ndarray | str] = {"lanczos": clip_to_array(core.resize.Lanczos(clip, clip.width * 2, clip.height * 2, filter_param_a=3))}
-    out["nnedi3"] = clip_to_array(nnedi3_rpow2(clip)) if hasattr(core, "znedi3") else "not installed: pip install vapoursynth-znedi3"
-    return out
 
 
 def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: int, steps: int = CEILING_STEPS, seed: int = 0) -> dict:
@@ -94,7 +69,7 @@ def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[
         results[chain] = {}
         for name, hr in clips.items():
             lr = deg.apply(hr, 2, deg.CHAINS[chain], np.random.default_rng(0))
-            outs = peers(lr)
+            outs = peer_outputs(lr.numpy(), 2)
             for p in presets:
                 preset = preset_registry.get(p)
                 base = preset_registry.load_model(preset, device=device)

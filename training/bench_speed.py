@@ -1,8 +1,9 @@
-"""`hypersr bench speed`: pass two's speed per preset x backend x size, next to vs-mlrt on the same network.
+"""`hypersr bench speed`: pass two's speed per preset x backend x size, next to vs-mlrt on the same network
+and the peers a user would pick instead (training/peers.py: Lanczos, nnedi3, LIIF).
 
 Every row runs in its own child process (so its peak memory is its own), inside VapourSynth the way users
-run it: hypersr.vsplugin.upscale, or vs-mlrt's `core.ort.Model` on the ONNX that `hypersr export onnx`
-writes for the same preset. Achieved GFLOP/s is the network's FLOPs per frame over the time per frame,
+run it: hypersr.vsplugin.upscale, vs-mlrt's `core.ort.Model` on the ONNX that `hypersr export onnx`
+writes for the same preset, or the peer's own VapourSynth function. Achieved GFLOP/s is the network's FLOPs per frame over the time per frame,
 against the machine's measured peak (a large float32 matmul on the CPU, float16 on a GPU).
 """
 
@@ -17,6 +18,7 @@ import tempfile
 import time
 
 SIZES = {2: [(960, 540), (1920, 1080)], 4: [(480, 270)]}  # LR sizes: 540p->1080p, 1080p->2160p; 270p->1080p
+PEERS = ("lanczos", "nnedi3")  # measured by default; LIIF takes minutes a frame on a CPU: --peer liif
 
 
 def peak_gflops(device: str) -> float:
@@ -46,6 +48,19 @@ def _noise_clip(w: int, h: int, length: int):
 
     frames = np.random.default_rng(0).random((2, 3, h, w), dtype=np.float32)
     return vs.core.std.Loop(clip_from_array(frames), length // 2 + 1)[:length]
+
+
+def run_peer(name: str, w: int, h: int, frames: int, scale: int) -> dict:
+    """A peer's pass (it has only one) in this process: `frames` frames after one warm-up frame."""
+    from . import peers
+
+    out = peers.upscale(name, _noise_clip(w, h, frames + 1), scale)
+    out.get_frame(0)
+    t0 = time.perf_counter()
+    for n in range(1, frames + 1):
+        out.get_frame(n)
+    seconds = (time.perf_counter() - t0) / frames
+    return {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
@@ -92,9 +107,10 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     return row
 
 
-def measure(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
-    """run_row in a child process (its own peak memory, a cold start like a user's)."""
-    cmd = [sys.executable, "-m", "hypersr.training.bench_speed", preset, backend, str(w), str(h), str(frames)]
+def measure(preset: str, backend: str, w: int, h: int, frames: int, scale: int = 0) -> dict:
+    """run_row (run_peer for backend "peer", by `scale`) in a child process (its own peak memory, a cold
+    start like a user's)."""
+    cmd = [sys.executable, "-m", "hypersr.training.bench_speed", preset, backend, str(w), str(h), str(frames), str(scale)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
@@ -110,16 +126,19 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
             lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['error']} | | | | | |")
             continue
         peak = peaks.get("cuda" if r["backend"] in ("cuda", "trt") else "cpu")
-        pct = f" ({r['gflops'] / peak:.0%})" if peak else ""
+        pct = f" ({r['gflops'] / peak:.0%})" if peak and "gflops" in r else ""
         one = f"{r['pass_one_fps']:.1f}" if "pass_one_fps" in r else ""
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
-        lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['ms_per_frame']:.0f} | {r['fps']:.2f} | {r['gflops']:.1f}{pct} | "
+        flops = f"{r['gflops']:.1f}{pct}" if "gflops" in r else ""
+        lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['ms_per_frame']:.0f} | {r['fps']:.2f} | {flops} | "
                      f"{r['peak_memory_mb']:.0f} MB | {one} | {ratio} |")
     return "\n".join(lines)
 
 
-def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print) -> tuple[list[dict], dict]:
+def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print,
+          peer_names: tuple[str, ...] = PEERS) -> tuple[list[dict], dict]:
     from ..engine import preset_registry
+    from . import peers
 
     peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if {"cuda", "trt"} & set(backends) else [])}}
     rows = []
@@ -135,12 +154,23 @@ def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | N
             ort, cpu = by_backend.get("vs-mlrt-ort", {}), by_backend.get("cpu", {})
             if "fps" in ort and "fps" in cpu:
                 cpu["ratio"] = cpu["fps"] / ort["fps"]
+    for scale in sorted({preset_registry.get(n).scale for n in presets_}):
+        for w, h in (sizes or SIZES)[scale]:
+            for name in (*peer_names, *(n for n in ("liif",) if n not in peer_names)):
+                if name not in peer_names:
+                    r = {"error": "not measured: slow on a CPU (minutes a frame); add --peer liif"}
+                elif not peers.installed(name):
+                    r = {"error": peers.NOT_INSTALLED[name]}
+                else:
+                    r = measure(name, "peer", w, h, frames if name not in peers.SLOW else 1, scale)
+                rows.append({"preset": name, "backend": "peer", "w": w, "h": h, "scale": scale, **r})
+                progress(f"  {name} {w}x{h}: " + (r.get("error") or f"{r['ms_per_frame']:.0f} ms/frame"))
     return rows, peaks
 
 
 if __name__ == "__main__":  # one row, for measure()
-    preset, backend, w, h, frames = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    name, backend, w, h, frames, scale = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
     from ..engine.runtime import keep_large_buffers
 
     keep_large_buffers()
-    print(json.dumps(run_row(preset, backend, w, h, frames)))
+    print(json.dumps(run_peer(name, w, h, frames, scale) if backend == "peer" else run_row(name, backend, w, h, frames)))

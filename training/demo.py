@@ -26,8 +26,8 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     from ..ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
     from ..ffmpeg_filter.y4m import Y4MHeader
     from ..vsplugin.io import MATRIX_709, clip_from_array, clip_to_array, to_rgb
-    from . import data
-    from .evaluate import baselines, comparison_png
+    from . import data, peers
+    from .evaluate import comparison_png
     from .metrics import y_psnr
 
     core = vs.core
@@ -64,7 +64,7 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     run_upscale(str(lr_path), str(sr_path), p.name, str(lora_path), device, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
-    columns = {m: clip_to_array(fn(lr_rgb, p.scale)) for m, fn in baselines().items()}
+    columns = {m: clip_to_array(peers.upscale(m, lr_rgb, p.scale)) for m in ("bicubic", "lanczos")}
     for label, path in ((f"hypersr {p.name}", one_pass), (f"hypersr {p.name} two-pass", sr_path)):
         columns[label] = clip_to_array(to_rgb(open_input(str(path), MATRIX_709).clip, "RGBS", MATRIX_709)[: len(hr)])
     columns["original"] = hr

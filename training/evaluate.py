@@ -1,10 +1,10 @@
-"""Quality measurement on the validation clips: bicubic, Lanczos and presets, Y-PSNR / SSIM per clip.
+"""Quality measurement on the validation clips: the peers (training/peers.py: bicubic, Lanczos, nnedi3,
+LIIF) and presets, Y-PSNR / SSIM per clip.
 
-    hypersr bench quality [--preset fast-x2 ...] [--update-card]
+    hypersr bench quality [--preset fast-x2 ...] [--frames 4] [--update-card]
 
-LR input is the BI degradation of each HR clip (training.data.degrade_bi). Bicubic (Catmull-Rom, b=0 c=0.5)
-and Lanczos (3 taps) are VapourSynth's resizers; presets run through the same VapourSynth function users
-call (hypersr.vsplugin.upscale).
+LR input is the BI degradation of each HR clip (training.data.degrade_bi). Presets run through the same
+VapourSynth function users call (hypersr.vsplugin.upscale).
 """
 
 from __future__ import annotations
@@ -14,18 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import data
+from . import data, peers
 from .metrics import y_psnr, y_ssim
-
-
-def baselines():
-    import vapoursynth as vs
-
-    core = vs.core
-    return {
-        "bicubic": lambda c, s: core.resize.Bicubic(c, c.width * s, c.height * s, filter_param_a=0, filter_param_b=0.5),
-        "lanczos": lambda c, s: core.resize.Lanczos(c, c.width * s, c.height * s, filter_param_a=3),
-    }
 
 
 def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
@@ -42,29 +32,50 @@ def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     return outs
 
 
-def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False) -> dict[str, np.ndarray]:
-    """Upscale LR frames [T, 3, h, w] by every baseline and preset; values quantised to 8 bits."""
+QUALITY_PEERS = ("bicubic", "lanczos", "nnedi3", "liif")
+
+
+def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False,
+                    frames: list[int] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Upscale LR frames [T, 3, h, w] by every peer and preset; values quantised to 8 bits. With `frames`,
+    the outputs are those frames only (presets still read their neighbours) and slow peers run on them
+    alone; without, slow peers are skipped. Returns the outputs and, per peer left out, why."""
     from ..vsplugin import upscale
     from ..vsplugin.io import clip_from_array, clip_to_array
 
+    pick = frames if frames is not None else list(range(len(lr)))
+    outs: dict[str, np.ndarray] = {}
+    missing: dict[str, str] = {}
+    for name in QUALITY_PEERS:
+        if name in peers.SLOW and frames is None:
+            missing[name] = "slow on a CPU: add --frames 4 to score it on a few frames"
+            continue
+        out = peers.peer_outputs(lr[pick] if name in peers.SLOW else lr, scale, (name,))[name]
+        if isinstance(out, str):
+            missing[name] = out
+        else:
+            outs[name] = out if name in peers.SLOW else out[pick]
     clip = clip_from_array(lr)
-    outs = {name: clip_to_array(fn(clip, scale)) for name, fn in baselines().items()}
     for p in presets:
-        outs[p] = clip_to_array(upscale(clip, preset=p, device=device))
+        outs[p] = clip_to_array(upscale(clip, preset=p, device=device))[pick]
         if variants:
-            outs.update(export_variants(lr, p))
-    return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}
+            outs.update({k: v[pick] for k, v in export_variants(lr, p).items()})
+    return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}, missing
 
 
 def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None,
-             variants: bool = False) -> dict:
-    """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips. With out_dir, also
-    writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
+             variants: bool = False, frames: int | None = None) -> tuple[dict, dict[str, str]]:
+    """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips, and the peers left
+    out with the reason. frames: score that many frames spread over each clip (all: None). With out_dir,
+    also writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
     results: dict = {}
+    missing: dict[str, str] = {}
     for name, hr in clips.items():
         lr = data.degrade_bi(hr, scale).numpy()
+        pick = None if frames is None else sorted({round(v) for v in np.linspace(0, len(hr) - 1, min(frames, len(hr)))})
+        hr = hr if pick is None else hr[pick]
         results[name] = {}
-        outputs = upscale_methods(lr, scale, presets, device, variants)
+        outputs, missing = upscale_methods(lr, scale, presets, device, variants, pick)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)
@@ -77,7 +88,7 @@ def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], dev
     results["mean"] = {m: {k: float(np.mean([results[c][m][k] for c in clips])) for k in ("y_psnr", "ssim")} for m in methods}
     if out_dir is not None:
         per_frame_plot(out_dir / "per_frame_psnr.png", results)
-    return results
+    return results, missing
 
 
 def _crops(frame: np.ndarray, boxes, zoom: int) -> list[np.ndarray]:
@@ -128,12 +139,13 @@ def per_frame_plot(path: Path, results: dict) -> None:
     plt.close(fig)
 
 
-def table(results: dict) -> str:
+def table(results: dict, missing: dict[str, str] | None = None) -> str:
     methods = list(results["mean"])
     lines = ["| clip | " + " | ".join(f"{m} Y-PSNR / SSIM" for m in methods) + " |", "|---" * (len(methods) + 1) + "|"]
     for clip, row in results.items():
         cells = [f"{row[m]['y_psnr']:.2f} / {row[m]['ssim']:.4f}" for m in methods]
         lines.append(f"| {clip} | " + " | ".join(cells) + " |")
+    lines += [f"{m}: {why}" for m, why in (missing or {}).items()]
     return "\n".join(lines)
 
 

