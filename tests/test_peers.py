@@ -47,6 +47,7 @@ def test_bench_quality_scores_every_peer_on_the_same_frames(hr):
     methods = set(results["pattern"])
     assert {"bicubic", "lanczos", "fast-x2"} <= methods
     assert all(len(r["per_frame_psnr"]) == 2 for r in results["pattern"].values())  # frames 0 and 4, for every method
+    assert all(r["y_psnr"] > 40 for r in results["pattern"].values())  # each compared with its own frame (others: < 25 dB)
     for name in ("nnedi3", "liif"):
         assert (name in methods) == peers.installed(name) and (name in missing) != peers.installed(name)
     _, missing = evaluate({"pattern": hr[:3]}, 2, ["fast-x2"])  # every frame: LIIF is left out, with how to include it

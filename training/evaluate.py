@@ -40,6 +40,8 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
     """Upscale LR frames [T, 3, h, w] by every peer and preset; values quantised to 8 bits. With `frames`,
     the outputs are those frames only (presets still read their neighbours) and slow peers run on them
     alone; without, slow peers are skipped. Returns the outputs and, per peer left out, why."""
+    import vapoursynth as vs
+
     from ..vsplugin import upscale
     from ..vsplugin.io import clip_from_array, clip_to_array
 
@@ -57,7 +59,8 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
             outs[name] = out if name in peers.SLOW else out[pick]
     clip = clip_from_array(lr)
     for p in presets:
-        outs[p] = clip_to_array(upscale(clip, preset=p, device=device))[pick]
+        out = upscale(clip, preset=p, device=device)
+        outs[p] = clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
         if variants:
             outs.update({k: v[pick] for k, v in export_variants(lr, p).items()})
     return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}, missing
