@@ -74,6 +74,7 @@ def cmd_train_hypernet(args) -> None:
     preset = preset_registry.get(args.preset)
     section = preset.card.get("hypernet", {})
     hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **section.get("training", {}).get("hyperparameters", {})}
+    hp.pop("init", None)  # where the installed hypernet started is its history, not a default for the next run
     for key in ("steps", "lr", "seed", "size"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
@@ -212,10 +213,18 @@ def cmd_bench_real(args) -> None:
     unknown = sorted(set(chains) - set(degradation.CHAINS))
     if unknown:
         raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
+    presets = args.preset or ["fast-x2", "real-x2"]
+    probed = [n for n in presets if not args.no_probe and preset_registry.get(n).card["training"].get("degradation") == "real"
+              and (preset_registry.get(n).card.get("hypernet") or {}).get("weights")]
+    pack_path = args.data_dir / "train-pack.npz"
+    if (args.chain_lora or probed) and not pack_path.is_file():  # said now, not after the long part
+        raise HypersrError(f"training pack {pack_path} is missing (needed by --chain-lora and the degradation probe); "
+                           "make it with `hypersr data pack`, or pass --no-probe")
     t0 = time.time()
     clips = {name: hr[args.first : args.first + args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
-    results, picture = bench_real.bench_real(args.preset or ["fast-x2", "real-x2"], clips, chains, args.refine, not args.no_ceiling,
-                                             args.device or "cpu", progress=lambda line: print(line, file=sys.stderr))
+    pack = load_pack(pack_path) if (args.chain_lora or probed) else None
+    results, picture = bench_real.bench_real(presets, clips, chains, args.refine, not args.no_ceiling, args.device or "cpu",
+                                             progress=lambda line: print(line, file=sys.stderr), pack=pack if args.chain_lora else None)
     table = bench_real.summarise(results)
     print("Y-PSNR (dB)\n" + bench_real.format_table(table) + "\n\nSSIM\n" + bench_real.format_table(table, "ssim"))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -226,14 +235,12 @@ def cmd_bench_real(args) -> None:
                              for m, v in cols.items()}, len(cols["original"]) // 2)
         print(f"comparison: {png}", file=sys.stderr)
     record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__}
-    for name in args.preset or ["fast-x2", "real-x2"]:
-        card = preset_registry.get(name).card
-        if card["training"].get("degradation") == "real" and (card.get("hypernet") or {}).get("weights") and not args.no_probe:
-            probe = bench_real.degradation_probe(name, load_pack(args.data_dir / "train-pack.npz"))
-            record.setdefault("degradation_probe", {})[name] = probe
-            print(f"\nWhat {name}'s clip summary knows of the degradation (ridge probe, held-out sampled clips):")
-            for what, r in probe.items():
-                print(f"  {what}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    for name in probed:
+        probe = bench_real.degradation_probe(name, pack)
+        record.setdefault("degradation_probe", {})[name] = probe
+        print(f"\nWhat {name}'s clip summary knows of the degradation (ridge probe, held-out sampled clips):")
+        for what, r in probe.items():
+            print(f"  {what}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     (args.out / "bench_real.json").write_text(json.dumps(record, indent=1))
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped; frames {args.first}..{args.first + args.frames - 1} "
           f"of each clip; {torch.get_num_threads()} threads, CPU: {cpu_name()})", file=sys.stderr)
@@ -397,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--first", type=int, default=0, help="first frame of each clip (default %(default)s)")
     brl.add_argument("--refine", type=int, default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
     brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
+    brl.add_argument("--chain-lora", action="store_true", help="also a LoRA fitted per chain on training clips (needs the training pack)")
     brl.add_argument("--no-probe", action="store_true", help="skip the probe of what the clip summary knows of the degradation")
     brl.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     brl.add_argument("--device", default=None)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hypersr.engine import preset_registry
+from hypersr.engine.lora import lora_applied
 from hypersr.training import bench_real
 from hypersr.training import degradation as deg
 from hypersr.training.metrics import y_psnr
@@ -50,3 +51,23 @@ def test_bench_tables(hr):
     text = bench_real.format_table(table)
     assert "| mean (degraded)" in text and "fast-x2" in text.splitlines()[0]
     assert picture["chain"] == "h264-crf33" and "original" in picture["columns"]
+
+
+def test_chain_lora_learns_the_chain_on_clips_it_never_saw():
+    from test_training import waves
+
+    from hypersr.training.data import ClipSampler, Pack
+
+    p = preset_registry.get("fast-x2")
+    base = preset_registry.load_model(p)
+    hypernet, _ = preset_registry.load_hypernet(p, base)
+    pack = Pack(waves(np.random.default_rng(0), 8, 192), [], {}, {})
+    fitted = bench_real.fit_chain_lora(base, hypernet, pack, "blur-noise", 2, clips=16, steps=80)
+    rng = np.random.default_rng(99)  # other clips, the same chain
+    hr = torch.stack([ClipSampler(pack.scenes, [], 3, 128, multi_shot_fraction=0.0).sample(rng)[0] for _ in range(4)])
+    lr = torch.stack([deg.apply(h, 2, deg.CHAINS["blur-noise"], rng) for h in hr])
+    with torch.no_grad():
+        before = y_psnr(deg.quantise(base(lr)), hr[:, 1])
+        with lora_applied(base, fitted):
+            after = y_psnr(deg.quantise(base(lr)), hr[:, 1])
+    assert after > before + 0.3

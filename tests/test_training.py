@@ -75,3 +75,16 @@ def test_bench_runs_scores_a_finished_run(tmp_path):
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(HypersrError, match="not a finished run"):
         evaluate_runs([tmp_path / "unfinished"], {})
+
+
+def test_train_hypernet_refuses_an_init_it_cannot_start_from(tmp_path):
+    from helpers import assert_clean_error, run_hypersr
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_text("not weights")
+    for init, words in ((junk, ("is not a hypernet",)), ("presets/fast-x4.hypernet.safetensors", ("does not fit",)),
+                        (tmp_path / "missing.safetensors", ("does not exist",))):
+        proc = run_hypersr("train", "hypernet", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
+        assert_clean_error(proc, *words)
+        assert not (tmp_path / "run").exists()  # nothing half-made

@@ -8,7 +8,9 @@ each chain applied with a fixed seed. Per chain and mean, Y-PSNR and SSIM of:
 - every preset asked for, alone (its base network); for presets trained for real sources with a
   hypernet also "+ memory" (the LoRA its hypernet predicts from the LR clip), "+ refine N" (then N steps
   of test-time training) and "ceiling" (a LoRA of the hypernet's rank fitted to that clip with its HR
-  frames: what a perfect memory could reach).
+  frames: what a perfect memory could reach); with --chain-lora also "chain LoRA" (a LoRA fitted on
+  training clips degraded by the same chain: a memory that knows the degradation exactly and nothing of
+  the clip's content).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .train import upscale_clip
 CEILING_STEPS = 150
 CEILING_LR = 2e-3
 CEILING_CROP = 48  # LR pixels
+CHAIN_STEPS = 300
 
 
 def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: int, steps: int = CEILING_STEPS, seed: int = 0) -> dict:
@@ -52,19 +55,45 @@ def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: 
     return {n: (a.detach(), b.detach()) for n, (a, b) in params.items()}
 
 
+def fit_chain_lora(base, hypernet, pack, chain: str, scale: int, clips: int = 48, steps: int = CHAIN_STEPS, seed: int = 0) -> dict:
+    """A memory that knows the degradation exactly and nothing of the clip: LoRA factors of the hypernet's
+    rank fitted on `clips` sampled training clips (never the validation clips), every one degraded by
+    this chain, starting from the hypernet's prediction for the first of them."""
+    from .data import ClipSampler
+
+    rng = np.random.default_rng(seed)
+    sampler = ClipSampler(pack.scenes, pack.clips, base.window, 64 * scale, multi_shot_fraction=0.0)
+    hr = torch.stack([sampler.sample(rng)[0] for _ in range(clips)])
+    lr = torch.stack([deg.apply(h, scale, deg.CHAINS[chain], rng) for h in hr])
+    with torch.no_grad():
+        start = hypernet.factors(hypernet.summarise(lr[0], base))
+    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in start.items()}
+    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=CEILING_LR)
+    with lora_applied(base, params):
+        for _ in range(steps):
+            pick = torch.from_numpy(rng.choice(clips, 8, replace=False))
+            loss = charbonnier(base(lr[pick]), hr[pick, base.window // 2])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return {n: (a.detach(), b.detach()) for n, (a, b) in params.items()}
+
+
 def score(sr: np.ndarray | torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
     sr = deg.quantise(torch.as_tensor(sr))
     return {"y_psnr": float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)])), "ssim": float(np.mean([y_ssim(a, b) for a, b in zip(sr, hr)]))}
 
 
 def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], refine: int = 10, ceiling: bool = True,
-               device: str = "cpu", progress=print) -> tuple[dict, dict]:
-    """results[chain][clip][method] = {y_psnr, ssim}, and one clip's outputs for the comparison picture."""
+               device: str = "cpu", progress=print, pack=None) -> tuple[dict, dict]:
+    """results[chain][clip][method] = {y_psnr, ssim}, and one clip's outputs for the comparison picture.
+    With the training pack, also "chain LoRA" for real presets (fit_chain_lora, one per chain)."""
     from ..engine import preset_registry
     from ..engine.analyse import analyse_frames
 
     results: dict = {}
     picture: dict = {}
+    chain_loras: dict = {}
     for chain in chains:
         results[chain] = {}
         for name, hr in clips.items():
@@ -83,6 +112,13 @@ def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[
                         lora = analyse_frames(frames, p, steps, device)
                         with torch.inference_mode():
                             outs[f"{p} {label}"] = upscale_clip(preset_registry.load_model(preset, lora, device=device), lr.to(device)).cpu()
+                    if pack is not None:
+                        key = (p, chain)
+                        if key not in chain_loras:
+                            hypernet, _ = preset_registry.load_hypernet(preset, base, device=device)
+                            chain_loras[key] = fit_chain_lora(base, hypernet, pack, chain, preset.scale)
+                        with torch.inference_mode(), lora_applied(base, chain_loras[key]):
+                            outs[f"{p} chain LoRA"] = upscale_clip(base, lr.to(device)).cpu()
                     if ceiling:
                         hypernet, _ = preset_registry.load_hypernet(preset, base, device=device)
                         factors = fit_lora_with_hr(base, hypernet, lr.to(device), hr.to(device), preset.scale)

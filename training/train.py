@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from ..engine.errors import HypersrError
 from ..engine.losses import charbonnier
 from ..engine.networks import build_model
 from . import data
@@ -276,7 +278,6 @@ def train_hypernet(
     from ..engine import preset_registry
     from ..engine.hypernet import build_hypernet
 
-    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale = preset.scale
@@ -286,7 +287,12 @@ def train_hypernet(
     base = preset_registry.load_model(preset, device=device)
     hypernet = build_hypernet(base, arch).to(device)
     if init is not None:
-        warm_start(hypernet, load_file(str(init)))
+        try:
+            warm_start(hypernet, load_file(str(init)))
+        except (SafetensorError, ValueError, KeyError) as e:
+            raise HypersrError(f"--init {init} is not a hypernet that {preset.name}'s can start from ({e}); "
+                               f"give one trained for {preset.name}, e.g. presets/{preset.name}.hypernet.safetensors") from None
+    out.mkdir(parents=True, exist_ok=True)
     # For real sources, a linear head learns to read the clip's degradation from the summary; it trains with
     # the hypernet and is discarded: what users run is the hypernet alone.
     aux = torch.nn.Linear(hypernet.standardise.mean.numel(), AUX_TARGETS).to(device) if degrade.name == "real" else None
