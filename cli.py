@@ -234,7 +234,8 @@ def cmd_bench_real(args) -> None:
         comparison_png(png, {f"{m}  {results[picture['chain']][picture['clip']][m]['y_psnr']:.2f} dB" if m != "original" else m: v
                              for m, v in cols.items()}, len(cols["original"]) // 2)
         print(f"comparison: {png}", file=sys.stderr)
-    record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__}
+    record = {"results": results, "table": table, "command": "hypersr " + shlex.join(sys.argv[1:]), "torch": torch.__version__,
+              "frames": f"{args.first}..{args.first + args.frames - 1} of each validation clip"}
     for name in probed:
         probe = bench_real.degradation_probe(name, pack)
         record.setdefault("degradation_probe", {})[name] = probe
@@ -242,6 +243,13 @@ def cmd_bench_real(args) -> None:
         for what, r in probe.items():
             print(f"  {what}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
     (args.out / "bench_real.json").write_text(json.dumps(record, indent=1))
+    if args.update_card:
+        hardware = f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
+        for name in presets:
+            p = preset_registry.get(name)
+            if p.card["training"].get("degradation") == "real":
+                preset_registry.write_card(p, {**p.card, "validation_real": bench_real.card_record(record, name, hardware)})
+                print(f"updated {p.card_path}", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped; frames {args.first}..{args.first + args.frames - 1} "
           f"of each clip; {torch.get_num_threads()} threads, CPU: {cpu_name()})", file=sys.stderr)
 
@@ -404,6 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--first", type=int, default=0, help="first frame of each clip (default %(default)s)")
     brl.add_argument("--refine", type=int, default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
     brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
+    brl.add_argument("--update-card", action="store_true", help="record the tables and the probe in each real preset's model card")
     brl.add_argument("--chain-lora", action="store_true", help="also a LoRA fitted per chain on training clips (needs the training pack)")
     brl.add_argument("--no-probe", action="store_true", help="skip the probe of what the clip summary knows of the degradation")
     brl.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)

@@ -207,3 +207,17 @@ def degradation_probe(preset: str, pack, n_train: int = 256, n_test: int = 96, f
     out["codec (none/H.264/MPEG-2/MJPEG)"] = {"accuracy": float((scores.argmax(1) == truth).mean()),
                                              "majority_guess": float(np.bincount(truth).max() / len(truth)), "test_clips": len(truth)}
     return out
+
+
+def card_record(record: dict, preset: str, hardware: str) -> dict:
+    """What a real preset's model card keeps of a `bench real` run (its `validation_real`)."""
+    table = record["table"]
+    keep = lambda m: m in ("lanczos", "nnedi3", "fast-x2") or m == preset or m.startswith(preset + " ")  # noqa: E731
+    rounded = {key: {chain: {m: round(r[key], 2 if key == "y_psnr" else 4) for m, r in row.items() if keep(m) and isinstance(r, dict)}
+                     for chain, row in table.items()} for key in ("y_psnr", "ssim")}
+    out = {"command": record["command"], "frames": record["frames"], "hardware": hardware, **rounded, "torch": record["torch"]}
+    if preset in record.get("degradation_probe", {}):
+        out["degradation_probe"] = {k: {n: round(v, 3) if isinstance(v, float) else v for n, v in r.items()}
+                                    for k, r in record["degradation_probe"][preset].items()}
+    return out
+
