@@ -33,8 +33,10 @@ def job_settings(preset: str | None, refine: int, device: str | None, ffmpeg: st
     from ..engine import preset_registry
     from ..ffmpeg_filter.tool import ffmpeg_executable
 
-    return {"preset": preset_registry.get(preset).name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg),
-            "ffmpeg_args": ffmpeg_args}
+    p = preset_registry.get(preset)
+    if refine and p.refine_refused:  # said before the first job, not in each
+        raise HypersrError(f"preset {p.name} takes no --refine: {p.refine_refused}; run without it")
+    return {"preset": p.name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg), "ffmpeg_args": ffmpeg_args}
 
 
 def file_fingerprint(path: Path) -> str:

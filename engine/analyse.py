@@ -72,10 +72,13 @@ class Analyser:
     """Pass one's state. `first_index`: where in the clip the frames fed to this analyser start (for a
     segment analysed apart; merge the segments in order with absorb())."""
 
-    def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0):
+    def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0,
+                 measure_refused_refine: bool = False):
         if refine < 0:
             raise HypersrError(f"--refine must be 0 or more steps, not {refine}")
         self.preset = preset_registry.get(preset)
+        if refine and self.preset.refine_refused and not measure_refused_refine:  # benchmarks still measure it
+            raise HypersrError(f"preset {self.preset.name} takes no --refine: {self.preset.refine_refused}; run pass one without it")
         self.device = resolve_device(device)
         self.base = preset_registry.load_model(self.preset, device=str(self.device))
         self.hypernet, self.hypernet_sha256 = preset_registry.load_hypernet(self.preset, self.base, device=str(self.device))
@@ -208,10 +211,11 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     return best
 
 
-def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None) -> LoRA:
+def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None,
+                   measure_refused_refine: bool = False) -> LoRA:
     """Pass one over an iterable of [3, H, W] float32 frames. size: (width, height) when known, checked
     before the first frame is read."""
-    analyser = Analyser(preset, refine, device)
+    analyser = Analyser(preset, refine, device, measure_refused_refine=measure_refused_refine)
     if size is not None:
         analyser.check_size(*size)
     for frame in frames:

@@ -51,6 +51,11 @@ class Preset:
         return int(self.card.get("min_size", 16))
 
     @property
+    def refine_refused(self) -> str | None:
+        """Why this preset's pass one takes no --refine (its card's "refine_refused"), or None."""
+        return self.card.get("refine_refused")
+
+    @property
     def sha256(self) -> str:
         if "weights" not in self.card:  # a card written before its first training run
             raise HypersrError(f"preset {self.name} has no trained weights yet; train them with `hypersr train base --preset {self.name} --install`")

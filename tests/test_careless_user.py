@@ -350,3 +350,20 @@ def test_interrupted_message_starts_its_own_line(tmp_path):
     assert text[at - 1 : at] == b"\n", text[-200:]
     assert not (tmp_path / "o.lora").exists()
 
+
+
+# --- a preset whose pass one takes no --refine ------------------------------------------------------
+
+def test_refine_on_a_real_source_preset_is_refused_before_any_work(work, tmp_path):
+    assert preset_registry.get("real-x2").refine_refused  # its card says why (README, "Real sources")
+    before = snapshot(work)
+    proc = run_hypersr("analyse", "in.y4m", "--preset", "real-x2", "--refine", "5", "-o", "real.lora", "-q", cwd=work)
+    assert_clean_error(proc, "takes no --refine", "without it")
+    proc = run_hypersr("batch", "in.y4m", "-o", "{stem}.x2.mkv", "--preset", "real-x2", "--refine", "5", "--job-dir", tmp_path / "job", cwd=work)
+    assert_clean_error(proc, "takes no --refine")
+    assert snapshot(work) == before and not (tmp_path / "job").exists()
+    assert run_hypersr("analyse", "in.y4m", "--preset", "real-x2", "-o", "real.lora", "-q", cwd=work).returncode == 0  # without it: fine
+    with pytest.raises(HypersrError, match="takes no --refine"):
+        from hypersr.engine.analyse import Analyser
+
+        Analyser("real-x2", refine=5)

@@ -48,7 +48,7 @@ def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) 
         row = {"frames": len(hr), "size": f"{lr.shape[-1]}x{lr.shape[-2]}", "base": psnr(sr, hr), "pass_two_s": pass_two}
         for n in [0, *refines]:
             t0 = time.perf_counter()
-            lora = analyse_frames(frames, preset, refine=n)
+            lora = analyse_frames(frames, preset, refine=n, measure_refused_refine=True)
             row[f"pass_one_s refine {n}"] = time.perf_counter() - t0
             row[f"hypernet refine {n}"] = psnr(upscale_frames(preset, lr, lora), hr)
         out[name] = row
@@ -77,8 +77,9 @@ def memory_test(preset: str, data_dir: Path, refine: int, stills: int = 8, size:
         distant_hr, distant_lr = clip.frames[shot:], lr[shot:]
         row = {"still": name, "base": score_shots(preset, distant_lr, distant_hr, shot, None)}
         for n in sorted({0, refine}):
-            row[f"distant only, refine {n}"] = score_shots(preset, distant_lr, distant_hr, shot, analyse_frames(distant_lr.numpy(), preset, refine=n))
-            row[f"whole clip, refine {n}"] = score_shots(preset, distant_lr, distant_hr, shot, analyse_frames(lr.numpy(), preset, refine=n))
+            for label, frames in (("distant only", distant_lr), ("whole clip", lr)):
+                lora = analyse_frames(frames.numpy(), preset, refine=n, measure_refused_refine=True)
+                row[f"{label}, refine {n}"] = score_shots(preset, distant_lr, distant_hr, shot, lora)
         rows.append(row)
         print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if k != "still"), file=sys.stderr)
     keys = [k for k in rows[0] if k != "still"]

@@ -109,7 +109,7 @@ def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[
                     for label, steps in (("+ memory", 0), (f"+ refine {refine}", refine)):
                         if label != "+ memory" and not refine:
                             continue
-                        lora = analyse_frames(frames, p, steps, device)
+                        lora = analyse_frames(frames, p, steps, device, measure_refused_refine=True)
                         with torch.inference_mode():
                             outs[f"{p} {label}"] = upscale_clip(preset_registry.load_model(preset, lora, device=device), lr.to(device)).cpu()
                     if pack is not None:
