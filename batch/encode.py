@@ -16,14 +16,14 @@ Y4M_STDIN = ["-f", "yuv4mpegpipe", "-i", "-"]
 
 def encode_command(ffmpeg: str, source: str, target: Path, ffmpeg_args: str, video: list[str] = Y4M_STDIN) -> list[str]:
     """ffmpeg reading the upscaled video (default: y4m on stdin), everything else from the source file."""
-    return [ffmpeg, "-v", "error", *video, "-i", source,
+    return [ffmpeg, "-nostdin", "-v", "error", *video, "-i", source,
             "-map", "0:v:0", "-map", "1:a?", "-map", "1:s?", "-map_metadata", "1", "-map_chapters", "1",
             "-c:a", "copy", "-c:s", "copy", *shlex.split(ffmpeg_args), "-y", str(target)]
 
 
 def segment_command(ffmpeg: str, target: Path) -> list[str]:
     """ffmpeg writing y4m from stdin losslessly (FFV1), for segments joined later."""
-    return [ffmpeg, "-v", "error", *Y4M_STDIN, "-c:v", "ffv1", "-y", str(target)]
+    return [ffmpeg, "-nostdin", "-v", "error", *Y4M_STDIN, "-c:v", "ffv1", "-y", str(target)]
 
 
 def partial_path(output: Path) -> Path:

@@ -13,7 +13,7 @@ HYPERSR = str(Path(sys.executable).parent / "hypersr")
 
 def ffmpeg_y4m(path: Path, pix_fmt: str = "yuv420p", size: str = "96x64", frames: int = 5, extra: list[str] | None = None) -> Path:
     """A y4m file of FFmpeg's moving colour test pattern."""
-    cmd = ["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=10", "-frames:v", str(frames)]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25:duration=10", "-frames:v", str(frames)]
     cmd += (extra or []) + ["-pix_fmt", pix_fmt, "-strict", "-1", "-f", "yuv4mpegpipe", "-y", str(path)]
     subprocess.run(cmd, check=True)
     return path

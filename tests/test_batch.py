@@ -18,7 +18,7 @@ def make_clip(path, seconds: float = 0.8, source: str | None = None, subtitles: 
     """A short clip with AAC audio (and an SRT subtitle track): the sample film or a test pattern."""
     video = ["-i", str(source)] if source else ["-f", "lavfi", "-i", "testsrc2=size=128x72:rate=25"]
     scale = ["-vf", "scale=128:72"] if source else []
-    cmd = ["ffmpeg", "-v", "error", *video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", *video, "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"]
     maps = ["-map", "0:v", "-map", "1:a"]
     if subtitles:
         srt = path.with_suffix(".srt")
@@ -31,8 +31,8 @@ def make_clip(path, seconds: float = 0.8, source: str | None = None, subtitles: 
 
 
 def decoded(path) -> np.ndarray:
-    return np.frombuffer(subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"],
-                                        capture_output=True, check=True).stdout, np.uint8)
+    cmd = ["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:v", "-f", "rawvideo", "-pix_fmt", "yuv420p", "-"]
+    return np.frombuffer(subprocess.run(cmd, capture_output=True, check=True).stdout, np.uint8)
 
 
 @pytest.fixture

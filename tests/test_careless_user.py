@@ -8,6 +8,7 @@ import fcntl
 import os
 import pty
 import resource
+import select
 import signal
 import stat
 import struct
@@ -101,7 +102,7 @@ def test_stdin_and_stdout_that_are_the_input_file(work):
 def test_batch_output_that_is_an_input_is_refused(tmp_path):
     folder = tmp_path / "videos"
     folder.mkdir()
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
                     str(folder / "a.mkv")], check=True)
     os.link(folder / "a.mkv", folder / "copy.mkv")
     before = (folder / "a.mkv").read_bytes()
@@ -286,7 +287,7 @@ def test_unreadable_lora_says_permission_denied(work):
 def test_batch_without_ffmpeg_on_path_uses_imageio_ffmpeg(tmp_path):
     folder = tmp_path / "videos"
     folder.mkdir()
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "ffv1",
                     str(folder / "a.mkv")], check=True)
     empty = tmp_path / "empty-path"
     empty.mkdir()
@@ -318,38 +319,54 @@ def test_ctrl_c_during_start_up(tmp_path, long_clip, delay):
     assert list(tmp_path.iterdir()) == []
 
 
+def _read_pty(master: int, out: bytearray, until: bytes | None, seconds: float) -> bool:
+    """Append what the terminal shows to `out` until `until` appears (or, with None, until every writer has
+    closed it); False when `seconds` pass first. select() keeps a silent process from hanging the suite."""
+    deadline = time.monotonic() + seconds
+    while until is None or until not in out:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([master], [], [], left)[0]:
+            return False
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            chunk = b""
+        if not chunk:
+            return until is None
+        out += chunk
+    return True
+
+
 def test_interrupted_message_starts_its_own_line(tmp_path):
     """Ctrl-C in a terminal on `ffmpeg | hypersr analyse -`: the progress bar's line ends before the message."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a terminal's size: tqdm draws to its width
-    src = subprocess.Popen(["ffmpeg", "-v", "quiet", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-t", "30",
-                            "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    src = subprocess.Popen(["ffmpeg", "-nostdin", "-v", "quiet", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25", "-t", "30",
+                            "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
     proc = subprocess.Popen([HYPERSR, "analyse", "-", "-o", str(tmp_path / "o.lora")], stdin=src.stdout, stderr=slave,
                             stdout=subprocess.DEVNULL)
     src.stdout.close()
     os.close(slave)
     out = bytearray()
-    deadline = time.time() + 120
-    while b"frame/s]" not in out and time.time() < deadline:  # the progress bar is showing
-        out += os.read(master, 65536)
-    src.send_signal(signal.SIGINT)  # Ctrl-C reaches the whole pipeline
-    proc.send_signal(signal.SIGINT)
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        out += chunk
-    assert proc.wait(60) == 130
-    src.wait(60)
-    os.close(master)
+    try:
+        showing = _read_pty(master, out, b"frame/s]", 120)  # the progress bar is showing
+        assert showing, f"no progress bar within 120 s; the terminal showed: {bytes(out)[-300:]!r}"
+        src.send_signal(signal.SIGINT)  # Ctrl-C reaches the whole pipeline
+        proc.send_signal(signal.SIGINT)
+        closed = _read_pty(master, out, None, 60)
+        assert closed, f"hypersr still running 60 s after Ctrl-C; the terminal showed: {bytes(out)[-300:]!r}"
+        assert proc.wait(10) == 130
+    finally:
+        for p in (proc, src):
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+        os.close(master)
     text = bytes(out).replace(b"\r\n", b"\n")
     at = text.index(b"hypersr: interrupted")
     assert text[at - 1 : at] == b"\n", text[-200:]
     assert not (tmp_path / "o.lora").exists()
-
 
 
 # --- a preset whose pass one takes no --refine ------------------------------------------------------

@@ -22,6 +22,8 @@ BUILD = Path(__file__).parents[1] / "ffmpeg_filter" / "build_ffmpeg.sh"
 W, H, FRAMES = 96, 64, 6
 
 
+pytestmark = pytest.mark.timeout(3600)  # the first run builds FFmpeg
+
 BUILD_TOOLS = ("apt-get", "gcc", "g++", "make", "tar", "xz")
 
 
@@ -38,7 +40,7 @@ def ffmpeg_torch() -> str:
 @pytest.fixture(scope="module")
 def rgb_frames(tmp_path_factory) -> np.ndarray:
     """Real video frames as rgb24, [T, H, W, 3] uint8."""
-    raw = subprocess.run(["ffmpeg", "-v", "error", "-i", str(SAMPLE), "-frames:v", str(FRAMES), "-vf", f"scale={W}:{H}",
+    raw = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(SAMPLE), "-frames:v", str(FRAMES), "-vf", f"scale={W}:{H}",
                           "-pix_fmt", "rgb24", "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
     return np.frombuffer(raw, np.uint8).reshape(FRAMES, H, W, 3)
 
@@ -73,7 +75,7 @@ def test_ffmpeg_dnn_processing_matches_hypersr(ffmpeg_torch, rgb_frames, tmp_pat
     # FFmpeg converts its float output to 8 bits itself; the two agree to that rounding.
     assert np.abs(theirs - ours).max() <= 1.0
     # and the network really ran: FFmpeg's output is not its plain bicubic scaler's
-    bicubic = subprocess.run(["ffmpeg", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-i", "-",
+    bicubic = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{W}x{H}", "-i", "-",
                               "-vf", f"scale={2 * W}:{2 * H}:flags=bicubic", "-f", "rawvideo", "-"],
                              input=rgb_frames.tobytes(), capture_output=True, check=True).stdout
     assert np.abs(theirs - np.frombuffer(bicubic, np.uint8).reshape(theirs.shape)).mean() > 0.5

@@ -66,7 +66,7 @@ def test_reader_writer_round_trip(streams, tag):
     original_frames = data.split(b"\n", 1)[1]
     assert out.getvalue().split(b"\n", 1)[1] == original_frames
     # what we write, FFmpeg reads back as the same pixels
-    to_raw = ["ffmpeg", "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-f", "rawvideo", "-"]
+    to_raw = ["ffmpeg", "-nostdin", "-v", "error", "-f", "yuv4mpegpipe", "-i", "-", "-f", "rawvideo", "-"]
     decoded = subprocess.run(to_raw, input=out.getvalue(), capture_output=True, check=True).stdout
     expected = subprocess.run(to_raw, input=data, capture_output=True, check=True).stdout
     assert decoded == expected
@@ -132,10 +132,10 @@ def test_planes_have_the_header_layout(streams):
 def test_matrix_defaults_follow_frame_size(tmp_path, size, matrix):
     """y4m carries no matrix: SD is read as BT.601 and HD as BT.709, the way FFmpeg made them here."""
     path = tmp_path / "in.y4m"
-    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", "1",
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", "1",
                     "-vf", f"scale=out_color_matrix={matrix}:out_range=tv", "-pix_fmt", "yuv444p", "-f", "yuv4mpegpipe", "-y", str(path)], check=True)
     w, h = map(int, size.split("x"))
-    decoded = subprocess.run(["ffmpeg", "-v", "error", "-i", str(path), "-vf", f"scale=in_color_matrix={matrix}:in_range=tv",
+    decoded = subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-vf", f"scale=in_color_matrix={matrix}:in_range=tv",
                               "-pix_fmt", "gbrpf32le", "-f", "rawvideo", "-"], capture_output=True, check=True).stdout
     g, b, r = np.frombuffer(decoded, np.float32).reshape(3, h, w)
     theirs = np.stack([r, g, b])

@@ -92,8 +92,9 @@ def pass_one_peak_rss(preset: str, frames: int, size: str = "320x180") -> float:
     hypersr = str(Path(sys.executable).parent / "hypersr")
     from ..ffmpeg_filter.tool import ffmpeg_executable
 
-    src = subprocess.Popen([ffmpeg_executable(), "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25", "-frames:v", str(frames),
-                            "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE)
+    src = subprocess.Popen([ffmpeg_executable(), "-nostdin", "-v", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=25",
+                            "-frames:v", str(frames), "-pix_fmt", "yuv420p", "-f", "yuv4mpegpipe", "-"],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"hypersr-bench-{os.getpid()}.lora"
     # A child's ru_maxrss starts at its parent's RSS at fork (exec does not reset it), and this process holds
     # the validation clips: so a small Python process starts hypersr and reports its peak.
