@@ -35,7 +35,7 @@ def cmd_train_base(args) -> None:
                          preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
         pack = args.pack or args.data_dir / "train-pack.npz"
-        data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper stills (train split) filmed by a "
+        data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper and photograph stills (train split, DATA.md) filmed by a "
                 "simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
                 "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
         if preset.card["training"].get("degradation") == "real":
@@ -514,11 +514,32 @@ def _silence_stdout() -> None:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
+_hold_interrupts = False
+
+
 def _interrupt(signum, frame) -> None:
     from .engine.files import INTERRUPTED
 
     INTERRUPTED.set()
-    raise KeyboardInterrupt
+    if not _hold_interrupts:
+        raise KeyboardInterrupt
+
+
+def _import_extensions() -> None:
+    """Import torch and VapourSynth with the interrupt held back: a KeyboardInterrupt raised while their
+    C extensions initialise aborts the interpreter (SIGABRT, a stack dump, no clean-up), seen about once in
+    20 Ctrl-Cs during start-up. The interrupt is delivered as soon as they are in."""
+    global _hold_interrupts
+    from .engine.files import INTERRUPTED
+
+    _hold_interrupts = True
+    try:
+        import torch  # noqa: F401
+        import vapoursynth  # noqa: F401
+    finally:
+        _hold_interrupts = False
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -530,6 +551,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         args = build_parser().parse_args(argv)
+        _import_extensions()
         if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
             from .engine.runtime import keep_large_buffers
 

@@ -40,10 +40,7 @@ def waves(rng, n: int, side: int) -> np.ndarray:
 
 def tiny_pack(path):
     rng = np.random.default_rng(0)
-    arrays = {"scenes": waves(rng, 8, 192), "val:waves": waves(rng, 2, 96)}
-    meta = {"version": data.PACK_VERSION, "clips": [], "validation": ["waves"], "val_stride": 1}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez_compressed(path, **arrays)
+    data.write_pack(path, list(waves(rng, 8, 192)), {}, {"waves": waves(rng, 2, 96)}, {"val_stride": 1})
     return path
 
 
@@ -88,3 +85,40 @@ def test_train_hypernet_refuses_an_init_it_cannot_start_from(tmp_path):
         proc = run_hypersr("train", "hypernet", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()  # nothing half-made
+
+
+# --- the training pack -------------------------------------------------------------------------------
+
+def test_pack_round_trip_keeps_validation_exact_and_scenes_close(tmp_path):
+    rng = np.random.default_rng(1)
+    scenes, val, clip = list(waves(rng, 3, 64)), waves(rng, 2, 48), waves(rng, 4, 32)
+    data.write_pack(tmp_path / "p.npz", scenes, {"c": clip}, {"v": val}, {"note": "x"})
+    pack = data.load_pack(tmp_path / "p.npz")
+    assert pack.meta["note"] == "x" and pack.meta["version"] == data.PACK_VERSION
+    assert np.array_equal(pack.clips[0], clip)  # lossless: training clips
+    assert torch.equal(pack.validation["v"], data.to_float(val))  # lossless: what validation scores against
+    assert pack.scenes.shape == (3, 64, 64, 3)
+    err = pack.scenes.astype(float) - np.stack(scenes)
+    assert 10 * np.log10(255**2 / np.mean(err**2)) > 40  # AVIF at quality 90, 4:4:4
+
+
+def test_a_pack_that_is_not_one_gets_one_line(tmp_path):
+    from hypersr.engine.errors import HypersrError
+
+    (tmp_path / "bad.npz").write_bytes(b"not a pack")
+    with pytest.raises(HypersrError, match="not a readable training pack"):
+        data.load_pack(tmp_path / "bad.npz")
+
+
+def test_pick_crops_takes_distinct_detailed_cells_at_several_sizes():
+    rng = np.random.default_rng(0)
+    img = np.zeros((400, 700, 3), np.uint8)
+    img[:, :350] = waves(rng, 1, 400)[0][:, :350]  # detail on the left, flat on the right
+    crops = data.pick_crops(img, 200, 64, np.random.default_rng(0))
+    assert 30 < len(crops) < 6 * 10 + 4 * 7 + 3 * 5  # every cell of the three sizes but the flat ones
+    assert all(c.shape == (64, 64, 3) and data._detail(c) >= data.MIN_DETAIL for c in crops)
+    assert len({c.tobytes() for c in crops}) == len(crops)
+    full = {img[y : y + 64, x : x + 64].tobytes() for y in range(0, 337) for x in range(0, 637)}
+    assert 0 < sum(c.tobytes() in full for c in crops) < len(crops)  # exact cells of the still, and shrunk ones
+    few, again = (data.pick_crops(img, 20, 64, np.random.default_rng(5)) for _ in range(2))
+    assert len(few) == 20 and all(np.array_equal(a, b) for a, b in zip(few, again))  # as many as asked, the same for a seed

