@@ -23,10 +23,13 @@ def cmd_train_base(args) -> None:
 
     preset = preset_registry.get(args.preset)
     hp = dict(preset.card["training"]["hyperparameters"])
-    for key in ("steps", "batch", "patch", "lr", "seed", "val_every"):
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     arch = with_overrides(preset.card["architecture"], args.arch)
+    if hp.get("init") and preset_registry.get(hp["init"]).card["architecture"] != arch:
+        raise HypersrError(f"--init {hp['init']}: its network is not {preset.name}'s ({'with --arch' if args.arch else 'another architecture'}); "
+                           "start from a preset with the same architecture")
     out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
     if args.install and arch != preset.card["architecture"]:
@@ -35,9 +38,9 @@ def cmd_train_base(args) -> None:
                          preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
     if args.install:
         pack = args.pack or args.data_dir / "train-pack.npz"
-        data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper and photograph stills (train split, DATA.md) filmed by a "
-                "simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least as large as the patch "
-                "(carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
+        data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper and photograph stills "
+                "(train split, DATA.md) filmed by a simulated camera, 30% as shrunk 'distant' shots, plus the training clips at least "
+                "as large as the patch (carphone_pristine, 176x144); validation: bigbuckbunny (halved), bikes")
         if preset.card["training"].get("degradation") == "real":
             data += ("; every training window degraded by its own sampled real-source chain (training/degradation.py: optical blur, "
                      "one of six downscalers, Gaussian noise or grain, 4:2:0, H.264 / MPEG-2 / MJPEG through PyAV), a fifth clean BI; "
@@ -156,7 +159,9 @@ def cmd_data(args) -> None:
     data.fetch(args.data_dir)
     if args.what == "pack":
         out = args.out or args.data_dir / "train-pack.npz"
-        data.build_pack(args.data_dir, out, seed=args.seed)
+        if args.crops_per_sqrt_mpx <= 0:
+            raise HypersrError("--crops-per-sqrt-mpx must be positive")
+        data.build_pack(args.data_dir, out, crops_per_sqrt_mpx=args.crops_per_sqrt_mpx, seed=args.seed)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
@@ -452,11 +457,15 @@ def build_parser() -> argparse.ArgumentParser:
         if what == "pack":
             d.add_argument("--out", type=Path, help="default DATA_DIR/train-pack.npz")
             d.add_argument("--seed", type=int, default=0)
+            d.add_argument("--crops-per-sqrt-mpx", type=float, default=8.0, metavar="K",
+                           help="crops per still: K * sqrt(megapixels) (default %(default)s: 287 Mpx of crops, a 93 MB file; "
+                                "3 for a lent GPU's 64 MiB: DATA.md)")
         d.set_defaults(func=cmd_data)
 
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
     tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
     tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
+    tb.add_argument("--init", metavar="PRESET", help="start from this preset's weights (same architecture), e.g. to fine-tune on a new pack")
     tb.add_argument("--steps", type=int)
     tb.add_argument("--batch", type=int)
     tb.add_argument("--patch", type=int)

@@ -87,6 +87,19 @@ def test_train_hypernet_refuses_an_init_it_cannot_start_from(tmp_path):
         assert not (tmp_path / "run").exists()  # nothing half-made
 
 
+def test_train_base_refuses_an_init_of_another_network(tmp_path):
+    from helpers import assert_clean_error, run_hypersr
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    for init, words in (("vsrt-x2", ("not fast-x2's",)), ("nope", ("unknown preset",))):
+        proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
+        assert_clean_error(proc, *words)
+        assert not (tmp_path / "run").exists()
+    proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", "fast-x2", "--arch", "channels=16",
+                       "--out", tmp_path / "run")
+    assert_clean_error(proc, "with --arch")
+
+
 # --- the training pack -------------------------------------------------------------------------------
 
 def test_pack_round_trip_keeps_validation_exact_and_scenes_close(tmp_path):

@@ -332,7 +332,7 @@ def write_pack(out: Path, scenes: list[np.ndarray], clips: dict[str, np.ndarray]
     atomic_write(out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
 
 
-def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: float = 4.0, seed: int = 0, val_stride: int = 8) -> Path:
+def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: float = 8.0, seed: int = 0, val_stride: int = 8) -> Path:
     """Pack the training split: detail-rich crops of the train stills (pick_crops; a still of A megapixels
     gives about crops_per_sqrt_mpx * sqrt(A), so large wallpapers do not crowd out the many smaller
     photographs), the training clips, and every val_stride-th frame of the validation clips for the
