@@ -154,13 +154,17 @@ def cmd_batch(args) -> None:
 
 
 def cmd_data(args) -> None:
+    from .engine.files import check_output
     from .training import data
 
-    data.fetch(args.data_dir)
+    out = args.out or args.data_dir / "train-pack.npz"
     if args.what == "pack":
-        out = args.out or args.data_dir / "train-pack.npz"
         if args.crops_per_sqrt_mpx <= 0:
             raise HypersrError("--crops-per-sqrt-mpx must be positive")
+        if args.out:  # before the long work; the default one is made with its folder
+            check_output(args.out)
+    data.fetch(args.data_dir)
+    if args.what == "pack":
         data.build_pack(args.data_dir, out, crops_per_sqrt_mpx=args.crops_per_sqrt_mpx, seed=args.seed)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 

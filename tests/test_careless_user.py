@@ -384,3 +384,12 @@ def test_refine_on_a_real_source_preset_is_refused_before_any_work(work, tmp_pat
         from hypersr.engine.analyse import Analyser
 
         Analyser("real-x2", refine=5)
+
+
+# --- training data ------------------------------------------------------------------------------------
+
+def test_data_pack_refuses_bad_options_before_fetching_anything(tmp_path):
+    for extra, words in ((["--crops-per-sqrt-mpx", "0"], ("must be positive",)), (["--out", tmp_path / "no" / "such" / "p.npz"], ("no", "such"))):
+        proc = run_hypersr("data", "pack", "--data-dir", tmp_path / "d", *extra)
+        assert_clean_error(proc, *words)
+        assert not (tmp_path / "d").exists()  # no download started

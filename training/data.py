@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -66,8 +67,14 @@ def fetch(data_dir: Path) -> None:
         done = stills / f".unpacked-{pkg}"
         if done.exists():
             continue
-        if not list(debs.glob(f"{pkg}_*.deb")):
-            _run(["apt-get", "download", pkg], cwd=debs)
+        if not list(debs.glob(f"{pkg}_*.deb")):  # downloaded aside first: an interrupted download is not a .deb here
+            part_dir = debs / ".download"
+            shutil.rmtree(part_dir, ignore_errors=True)
+            part_dir.mkdir()
+            _run(["apt-get", "download", pkg], cwd=part_dir)
+            for deb in part_dir.glob("*.deb"):
+                deb.rename(debs / deb.name)
+            part_dir.rmdir()
         deb = sorted(debs.glob(f"{pkg}_*.deb"))[-1]
         if part is None:
             _run(["dpkg", "-x", str(deb), str(stills)])
