@@ -393,3 +393,12 @@ def test_data_pack_refuses_bad_options_before_fetching_anything(tmp_path):
         proc = run_hypersr("data", "pack", "--data-dir", tmp_path / "d", *extra)
         assert_clean_error(proc, *words)
         assert not (tmp_path / "d").exists()  # no download started
+
+
+def test_training_without_a_pack_says_how_to_make_one(tmp_path):
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    for pack, words in ((tmp_path / "typo.npz", ("is missing", "hypersr data pack")), (tmp_path / "bad.npz", ("not a readable training pack",))):
+        for what in ("base", "hypernet"):
+            proc = run_hypersr("train", what, "--pack", pack, "--data-dir", tmp_path / "d", "--out", tmp_path / "run", "--steps", "1")
+            assert_clean_error(proc, *words)
+            assert not (tmp_path / "run").exists() and not (tmp_path / "d").exists()  # nothing made, nothing fetched

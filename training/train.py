@@ -128,16 +128,16 @@ def train_base(
 ) -> Path:
     """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
     real-source preset fine-tuned from its clean counterpart."""
+    pack = pack or data_dir / "train-pack.npz"
+    if not pack.exists():  # building one fetches 0.4 GB: a step of its own, never a side effect of a typo
+        raise HypersrError(f"training pack {pack} is missing; make it with `hypersr data pack`")
+    packed = data.load_pack(pack)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     scale, window = arch["scale"], arch["window"]
 
-    pack = pack or data_dir / "train-pack.npz"
-    if not pack.exists():
-        data.build_pack(data_dir, pack)
-    packed = data.load_pack(pack)
     sampler = data.WindowSampler(packed.scenes, packed.clips, window, patch)
     degrade = TrainingDegradation(degradation)
     val = packed.validation
