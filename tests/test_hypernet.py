@@ -23,7 +23,7 @@ from hypersr.vsplugin.io import clip_from_array, clip_to_array, open_video, to_r
 
 # Y-PSNR gain of the trained fast-x2 hypernet's LoRA over the base on the bundled sample (HR 640x360,
 # BI-degraded to 320x180), measured with this test's own code when the hypernet was installed.
-MEASURED_GAIN = 0.069
+MEASURED_GAIN = 0.024  # 0.069 with the pack-v1 base: the memory adds less to the better base (README)
 MARGIN = 0.03
 
 
