@@ -83,8 +83,6 @@ def cmd_train_hypernet(args) -> None:
             hp[key] = getattr(args, key)
     arch = with_overrides(section.get("architecture", HYPERNET_ARCH), args.arch)
     pack = args.pack or args.data_dir / "train-pack.npz"
-    if not pack.exists():
-        raise HypersrError(f"training pack {pack} is missing; make it with `hypersr data pack`")
     if args.init:
         readable_file(args.init, "--init hypernet")
     degradation = preset.card["training"].get("degradation", "bi")
