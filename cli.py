@@ -19,8 +19,10 @@ DEFAULT_DATA_DIR = Path(os.environ.get("HYPERSR_DATA", Path.home() / ".cache" / 
 
 def cmd_train_base(args) -> None:
     from .engine import preset_registry
+    from .engine.runtime import resolve_device
     from .training.train import train_base
 
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     hp = dict(preset.card["training"]["hyperparameters"])
     for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init"):
@@ -72,8 +74,10 @@ def with_overrides(arch: dict, items: list[str] | None) -> dict:
 def cmd_train_hypernet(args) -> None:
     from .engine import preset_registry
     from .engine.files import readable_file, sha256_file
+    from .engine.runtime import resolve_device
     from .training.train import AUX_WEIGHT, HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
 
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     section = preset.card.get("hypernet", {})
     hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **section.get("training", {}).get("hyperparameters", {})}

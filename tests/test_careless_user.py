@@ -402,3 +402,7 @@ def test_training_without_a_pack_says_how_to_make_one(tmp_path):
             proc = run_hypersr("train", what, "--pack", pack, "--data-dir", tmp_path / "d", "--out", tmp_path / "run", "--steps", "1")
             assert_clean_error(proc, *words)
             assert not (tmp_path / "run").exists() and not (tmp_path / "d").exists()  # nothing made, nothing fetched
+    for what in ("base", "hypernet"):
+        proc = run_hypersr("train", what, "--pack", tmp_path / "bad.npz", "--device", "foo", "--out", tmp_path / "run")
+        assert_clean_error(proc, "unknown device 'foo'")
+        assert not (tmp_path / "run").exists()
