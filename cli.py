@@ -107,6 +107,43 @@ def cmd_train_hypernet(args) -> None:
         print(f"installed {weights} as the hypernet of preset {preset.name}", file=sys.stderr)
 
 
+def cmd_train_blend(args) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from .engine import preset_registry
+    from .engine.files import atomic_write
+    from .engine.runtime import resolve_device
+    from .training.blend import fit_blend
+
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
+    preset = preset_registry.get(args.preset)
+    clean = preset_registry.get(args.clean)
+    if "weights" not in (preset.card.get("hypernet") or {}):
+        raise HypersrError(f"preset {preset.name} has no trained hypernet to add a clean blend to; "
+                           f"`hypersr train hypernet --preset {preset.name}` first")
+    if args.clips < 20:
+        raise HypersrError(f"--clips {args.clips} is too few to fit and check a blend on; give 20 or more (default 600)")
+    pack = args.pack or args.data_dir / "train-pack.npz"
+    out = Path(args.out or f"runs/{preset.name}-blend")
+    t0 = time.time()
+    hypernet, arch, report = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{preset.name}.hypernet.safetensors"
+    save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
+    atomic_write(out / "blend.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
+    print(json.dumps(report, indent=1))
+    if args.install:
+        section = preset.card["hypernet"]
+        record = {"clean_preset": clean.name, "clean_sha256": clean.sha256, "base_sha256": preset.sha256, **report,
+                  **training_record(args, {}, pack, t0, "")}
+        for key in ("hyperparameters", "data"):
+            record.pop(key)
+        preset_registry.install_hypernet(preset, weights, arch, section["training"], {"blend": record})
+        print(f"installed {weights} (with the clean blend toward {clean.name}) as the hypernet of preset {preset.name}", file=sys.stderr)
+
+
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -133,7 +170,9 @@ def cmd_analyse(args) -> None:
     t0 = time.time()
     lora = run_analyse(args.input, args.output, args.preset, args.refine, args.device, matrix, progress=not args.quiet)
     if not args.quiet:
-        print(f"hypersr: analysed {lora.made_by['frames']} frames in {time.time() - t0:.1f} s; wrote {args.output} "
+        share = lora.made_by.get("clean_share")
+        looks = "" if share is None else f"; clean blend {share:.2f} (0: upscaled as degraded, 1: as clean)"
+        print(f"hypersr: analysed {lora.made_by['frames']} frames in {time.time() - t0:.1f} s{looks}; wrote {args.output} "
               f"(use it with `hypersr upscale --lora {args.output}`)", file=sys.stderr)
 
 
@@ -489,6 +528,13 @@ def build_parser() -> argparse.ArgumentParser:
     th.add_argument("--init", type=Path, metavar="FILE", help="start from these hypernet weights (inputs it lacks start at zero)")
     th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")
     th.set_defaults(func=cmd_train_hypernet)
+    tl = training_parser(train, "blend", "fit how far each clip's LoRA moves a real-source preset toward its clean twin",
+                         "runs/PRESET-blend")
+    tl.add_argument("--clean", default="fast-x2", metavar="PRESET", help="the same network trained on clean input (default %(default)s)")
+    tl.add_argument("--clips", type=int, default=600, help="sampled training clips to fit on (default %(default)s)")
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--install", action="store_true", help="copy the hypernet into presets/ and record the blend in the card")
+    tl.set_defaults(func=cmd_train_blend)
     return parser
 
 

@@ -161,11 +161,14 @@ class Analyser:
             factors = {k: (a.clone(), b.clone()) for k, (a, b) in self.hypernet.factors(self.summary).items()}
         if self.refine:
             factors = refine_factors(self.base, factors, np.stack(self._windows), self.refine, self.preset.scale, self._rng)
+        made_by = {"tool": "hypersr analyse", "hypernet_sha256": self.hypernet_sha256, "refine": self.refine, "frames": self.n}
+        with torch.inference_mode():
+            if (share := self.hypernet.clean_share(self.summary)) is not None:
+                made_by["clean_share"] = round(share, 4)
         return LoRA(
-            preset=self.preset.name, base_sha256=self.preset.sha256, upscale_factor=self.preset.scale, rank=self.hypernet.rank,
+            preset=self.preset.name, base_sha256=self.preset.sha256, upscale_factor=self.preset.scale, rank=self.hypernet.lora_rank,
             factors={k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()},
-            clip_fingerprint=self.fingerprint(),
-            made_by={"tool": "hypersr analyse", "hypernet_sha256": self.hypernet_sha256, "refine": self.refine, "frames": self.n},
+            clip_fingerprint=self.fingerprint(), made_by=made_by,
         )
 
 

@@ -18,6 +18,8 @@ Three parts:
 - LoRAGenerator: summary -> LoRA factors (A, B) of rank r for every adapted layer of the base model, by
   one head shared across layers and conditioned on a learned embedding per layer. Its B projection starts
   at zero, so an untrained hypernet gives a zero LoRA and the base model unchanged.
+- CleanBlend (optional, the real-source presets): how far to move the base toward the same network
+  trained on clean input, read from the summary; the move travels in the same LoRA.
 """
 
 from __future__ import annotations
@@ -268,16 +270,59 @@ class LoRAGenerator(nn.Module):
         return out
 
 
+class CleanBlend(nn.Module):
+    """A share alpha in [0, 1] of the way from the base (trained on the real-source mixture) to the same
+    network trained on clean input: per clip, as deep network interpolation (Wang et al., 2019) does per
+    user. A blind network hedges between sharpening and smoothing; a clip the summary finds clean can take
+    the clean network's sharpness, a degraded one keeps the base. alpha is one linear head on the
+    standardised summary, clamped; it starts at zero (the base unchanged).
+
+    The move, W_clean - W_base for each adapted layer's weight, is carried exactly as LoRA factors: A = the
+    move padded to a common rank, B = alpha * identity. So the LoRA file and every integration take it as
+    they are, and pass two still costs the base alone. Biases do not move (a LoRA carries none)."""
+
+    def __init__(self, summary_dim: int, layers: list[tuple[str, int, int]]):
+        super().__init__()
+        self.layers = layers
+        self.rank = max(out for _, _, out in layers)
+        self.head = nn.Linear(summary_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        for i, (_, fan_in, out) in enumerate(layers):
+            self.register_buffer(f"move{i}", torch.zeros(out, fan_in))
+
+    def set_moves(self, moves: dict[str, torch.Tensor]) -> None:
+        """moves: layer name -> W_clean - W_base, [out, fan_in]."""
+        for i, (name, _, _) in enumerate(self.layers):
+            getattr(self, f"move{i}").copy_(moves[name])
+
+    def alpha(self, v: torch.Tensor) -> torch.Tensor:
+        return self.head(v).clamp(0, 1).squeeze(-1)
+
+    def factors(self, alpha: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        out = {}
+        for i, (name, _, o) in enumerate(self.layers):
+            move = getattr(self, f"move{i}")
+            out[name] = (F.pad(move, (0, 0, 0, self.rank - o)), alpha * torch.eye(o, self.rank, device=move.device))
+        return out
+
+
 class HyperNet(nn.Module):
     def __init__(self, layers: list[tuple[str, int, int]], dim: int = 64, queries: int = 8, rank: int = 4,
-                 patch: int = 32, per_side: int = 4, hidden: int = 128, evidence: bool = False):
+                 patch: int = 32, per_side: int = 4, hidden: int = 128, evidence: bool = False, blend: bool = False):
         super().__init__()
         self.encoder = ClipEncoder(dim, patch, per_side)
         self.memory = Memory(dim, queries)
         summary_dim = queries * dim + 2 * dim + (EVIDENCE_FEATURES if evidence else 0)
         self.standardise = ClipStandardiser(summary_dim)
         self.generator = LoRAGenerator(summary_dim, layers, rank, hidden)
+        self.blend = CleanBlend(summary_dim, layers) if blend else None
         self.dim, self.n_queries, self.rank, self.evidence = dim, queries, rank, evidence
+
+    @property
+    def lora_rank(self) -> int:
+        """The rank of the LoRA files it writes: the generator's, plus the clean blend's move."""
+        return self.rank + (self.blend.rank if self.blend is not None else 0)
 
     @staticmethod
     def layers_of(base: nn.Module) -> list[tuple[str, int, int]]:
@@ -293,8 +338,21 @@ class HyperNet(nn.Module):
             summary.evidence = evidence_sums(frames)
         return summary
 
-    def factors(self, summary: ClipSummary) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        return self.generator(self.standardise(Memory.read(summary)))
+    def features(self, summary: ClipSummary) -> torch.Tensor:
+        return self.standardise(Memory.read(summary))
+
+    def factors(self, summary: ClipSummary, alpha: torch.Tensor | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The clip's LoRA factors. alpha: the clean blend's share, if not the one the summary gives."""
+        v = self.features(summary)
+        learnt = self.generator(v)
+        if self.blend is None:
+            return learnt
+        moves = self.blend.factors(self.blend.alpha(v) if alpha is None else alpha)
+        return {k: (torch.cat([a, moves[k][0]]), torch.cat([b, moves[k][1]], 1)) for k, (a, b) in learnt.items()}
+
+    def clean_share(self, summary: ClipSummary) -> float | None:
+        """How far toward the clean network this clip's LoRA moves the base (None: no clean blend)."""
+        return None if self.blend is None else float(self.blend.alpha(self.features(summary)))
 
 
 def build_hypernet(base: nn.Module, arch: dict | None = None) -> HyperNet:

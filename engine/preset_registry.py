@@ -177,11 +177,11 @@ def install_weights(preset: Preset, weights: Path, record: dict) -> None:
     write_card(preset, card)
 
 
-def install_hypernet(preset: Preset, weights: Path, arch: dict, record: dict) -> None:
+def install_hypernet(preset: Preset, weights: Path, arch: dict, record: dict, extra: dict | None = None) -> None:
     import shutil
 
     target = hypernet_path(preset)
     atomic_write(target, lambda tmp: shutil.copyfile(weights, tmp))
     card = json.loads(preset.card_path.read_text())  # as it is now: it may have been edited during a long run
-    card["hypernet"] = {"architecture": arch, "weights": {"file": target.name, "sha256": sha256_file(target)}, "training": record}
+    card["hypernet"] = {"architecture": arch, "weights": {"file": target.name, "sha256": sha256_file(target)}, "training": record, **(extra or {})}
     write_card(preset, card)

@@ -1,0 +1,126 @@
+"""Fitting a real-source preset's clean blend (engine/hypernet.py: CleanBlend): how far each clip's LoRA
+moves the base toward the same network trained on clean input.
+
+The move is fixed (W_clean - W_base per adapted layer); only alpha's linear head is fitted, on top of the
+preset's trained hypernet. Each of `clips` sampled training clips gets its own sampled real-source
+degradation (the base's mixture, a fifth clean); the hypernet reads the LR clip, and base + its LoRA +
+alpha * move upscales the clip for every alpha on GRID. The head is fitted to the mean Y-PSNR, read
+between grid points by linear interpolation, with an L2 penalty chosen on a held-out fifth of the clips;
+another fifth is kept for the report (PSNR at alpha 0, at the predicted alpha, at each clip's best grid
+alpha)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..engine.errors import HypersrError
+from ..engine.lora import lora_applied, lora_layers
+from . import data
+from . import degradation as deg
+from .metrics import y_psnr
+from .train import upscale_clip
+
+GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
+PENALTIES = (1e-4, 1e-3, 1e-2, 1e-1)
+FIT_STEPS = 1500
+
+
+def moves(base: torch.nn.Module, clean: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """W_clean - W_base for every adapted layer, as [out, fan_in]."""
+    b, c = lora_layers(base), lora_layers(clean)
+    return {name: (c[name].weight - layer.weight).detach().reshape(layer.out_channels, -1) for name, layer in b.items()}
+
+
+def psnr_at(alpha: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Each clip's Y-PSNR at its alpha [N], read off its row of `table` [N, len(GRID)] between grid points."""
+    pos = alpha.clamp(0, 1) * (len(GRID) - 1)
+    lo = pos.detach().floor().clamp(max=len(GRID) - 2).long()
+    frac = pos - lo
+    rows = torch.arange(len(table))
+    return table[rows, lo] * (1 - frac) + table[rows, lo + 1] * frac
+
+
+def fit_head(x: torch.Tensor, table: torch.Tensor, penalty: float, steps: int = FIT_STEPS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of alpha = clamp(x @ w + b, 0, 1) that maximise the mean PSNR, L2-penalised. Starts at
+    alpha 0.5 for every clip, inside the clamp, where every clip still gives a gradient."""
+    w = torch.zeros(x.shape[1], requires_grad=True)
+    b = torch.full((), 0.5, requires_grad=True)
+    opt = torch.optim.Adam([w, b], lr=1e-2)
+    for _ in range(steps):
+        loss = -psnr_at(x @ w + b, table).mean() + penalty * w.square().sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return w.detach(), b.detach()
+
+
+def measure_clips(base, hypernet, pack_path, scale: int, clips: int, frames: int, size: int, seed: int, device: str):
+    """(summary features [N, D], Y-PSNR table [N, len(GRID)], the degradations) of `clips` sampled clips."""
+    packed = data.load_pack(pack_path)
+    sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size, multi_shot_fraction=0.0)
+    degrade = deg.TrainingDegradation("real")
+    rng = np.random.default_rng(seed)
+    features, rows, degradations = [], [], []
+    for _ in tqdm(range(clips), desc="blend: clips at every alpha"):
+        hr, _ = sampler.sample(rng)
+        lr, d = degrade.clip(hr, scale, rng)
+        lr = lr.to(device)
+        with torch.inference_mode():
+            summary = hypernet.summarise(lr, base)
+            features.append(hypernet.features(summary).cpu())
+            row = []
+            for a in GRID:
+                with lora_applied(base, hypernet.factors(summary, torch.tensor(a, device=device))):
+                    out = deg.quantise(upscale_clip(base, lr).cpu())
+                row.append(float(np.mean([y_psnr(o, h) for o, h in zip(out, hr)])))
+        rows.append(row)
+        degradations.append(d)
+    return torch.stack(features).float(), torch.tensor(rows, dtype=torch.float32), degradations
+
+
+def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4, size: int = 128, seed: int = 0, device: str = "cpu"):
+    """The preset's hypernet with a fitted clean blend toward `clean_preset`, and a report of the fit."""
+    from ..engine import preset_registry
+    from ..engine.hypernet import build_hypernet
+
+    if clean_preset.card["architecture"] != preset.card["architecture"]:
+        raise HypersrError(f"--clean {clean_preset.name}: its network is not {preset.name}'s; the clean blend needs the same architecture")
+    base = preset_registry.load_model(preset, device=device)
+    trained, _ = preset_registry.load_hypernet(preset, base, device=device)
+    arch = {**preset.card["hypernet"]["architecture"], "blend": True}
+    hypernet = build_hypernet(base, arch).to(device)
+    own = hypernet.state_dict()
+    own.update({k: v for k, v in trained.state_dict().items() if not k.startswith("blend.")})
+    hypernet.load_state_dict(own)
+    hypernet.blend.set_moves(moves(base, preset_registry.load_model(clean_preset, device=device)))
+    hypernet.eval()
+
+    x, table, degradations = measure_clips(base, hypernet, pack_path, preset.scale, clips, frames, size, seed, device)
+    n = len(x)
+    fit, select, test = slice(0, 3 * n // 5), slice(3 * n // 5, 4 * n // 5), slice(4 * n // 5, n)
+    scores = {}
+    for penalty in PENALTIES:
+        w, b = fit_head(x[fit], table[fit], penalty)
+        scores[penalty] = float(psnr_at(x[select] @ w + b, table[select]).mean())
+    penalty = max(scores, key=scores.get)
+    w, b = fit_head(x[: 4 * n // 5], table[: 4 * n // 5], penalty)
+    with torch.no_grad():
+        hypernet.blend.head.weight.copy_(w[None])
+        hypernet.blend.head.bias.copy_(b[None])
+    alpha = (x[test] @ w + b).clamp(0, 1)
+    clean = torch.tensor([d.is_bi for d in degradations])[test]
+    report = {
+        "clips": n, "frames": frames, "size": size, "grid": list(GRID), "penalty": penalty,
+        "held_out_clips": int(len(alpha)),
+        "held_out_y_psnr": {
+            "alpha 0 (base + hypernet)": round(float(table[test][:, 0].mean()), 3),
+            "alpha 1 (clean network's weights + hypernet)": round(float(table[test][:, -1].mean()), 3),
+            "predicted alpha": round(float(psnr_at(alpha, table[test]).mean()), 3),
+            "best grid alpha (oracle)": round(float(table[test].max(1).values.mean()), 3),
+        },
+        "held_out_alpha": {"clean clips (mean)": round(float(alpha[clean].mean()), 3) if clean.any() else None,
+                           "degraded clips (mean)": round(float(alpha[~clean].mean()), 3)},
+    }
+    return hypernet, arch, report
