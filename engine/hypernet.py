@@ -51,13 +51,16 @@ ERROR_GAIN = 8.0  # the base's errors are ~0.01-0.05; at the scale of the pixels
 
 
 class ClipEncoder(nn.Module):
-    def __init__(self, dim: int = 64, patch: int = 32, per_side: int = 4):
+    def __init__(self, dim: int = 64, patch: int = 32, per_side: int = 4, act: str = "relu"):
         super().__init__()
         self.patch, self.per_side = patch, per_side
+        # SiLU for new hypernets: under the real-source mixture every ReLU of the second layer switched off
+        # within 250 steps, leaving one constant token for every clip (training logs its token_spread)
+        Act = {"relu": nn.ReLU, "silu": nn.SiLU}[act]
         self.net = nn.Sequential(
-            nn.Conv2d(6, 32, 3, padding=1), nn.ReLU(),
-            nn.Conv2d(32, dim, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(dim, dim, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(6, 32, 3, padding=1), Act(),
+            nn.Conv2d(32, dim, 3, stride=2, padding=1), Act(),
+            nn.Conv2d(dim, dim, 3, stride=2, padding=1), Act(),
         )
         self.out = nn.Linear(2 * dim, dim)
 
@@ -309,9 +312,10 @@ class CleanBlend(nn.Module):
 
 class HyperNet(nn.Module):
     def __init__(self, layers: list[tuple[str, int, int]], dim: int = 64, queries: int = 8, rank: int = 4,
-                 patch: int = 32, per_side: int = 4, hidden: int = 128, evidence: bool = False, blend: bool = False):
+                 patch: int = 32, per_side: int = 4, hidden: int = 128, evidence: bool = False, blend: bool = False,
+                 encoder_act: str = "relu"):
         super().__init__()
-        self.encoder = ClipEncoder(dim, patch, per_side)
+        self.encoder = ClipEncoder(dim, patch, per_side, encoder_act)
         self.memory = Memory(dim, queries)
         summary_dim = queries * dim + 2 * dim + (EVIDENCE_FEATURES if evidence else 0)
         self.standardise = ClipStandardiser(summary_dim)

@@ -87,8 +87,11 @@ def test_the_fit_moves_clean_clips_and_keeps_degraded_ones():
 def test_train_blend_fits_on_sampled_clips_and_refuses_bad_requests(tmp_path):
     pack = tiny_pack(tmp_path / "pack.npz")
     for args, words in ((("--clean", "fast-x4"), ("not real-x2's",)), (("--clips", "5"), ("too few",)),
-                        (("--clean", "nope"), ("unknown preset",)), (("--device", "tpu"), ("tpu",))):
-        assert_clean_error(run_hypersr("train", "blend", "--preset", "real-x2", "--pack", pack, "--out", tmp_path / "bad", *args), *words)
+                        (("--clean", "nope"), ("unknown preset",)), (("--device", "tpu"), ("tpu",)),
+                        (("--clean", "real-x2"), ("not trained on clean input",)), (("--preset", "fast-x2"), ("clean input already",)),
+                        (("--pack", tmp_path / "nope.npz"), ("is missing", "hypersr data pack"))):
+        proc = run_hypersr("train", "blend", "--preset", "real-x2", "--pack", pack, "--out", tmp_path / "bad", *args)
+        assert_clean_error(proc, *words)
         assert not (tmp_path / "bad").exists()
     proc = run_hypersr("train", "blend", "--preset", "real-x2", "--pack", pack, "--clips", "20", "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stderr.decode()

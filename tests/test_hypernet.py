@@ -222,3 +222,24 @@ def test_evidence_sees_block_edges_noise_and_blur():
     bands = slice(EVIDENCE_BINS + 18, EVIDENCE_BINS + 21)  # log energies, finest band first
     blurred = features(deg.quantise(deg.blur(clip, 1.5, 1.5, 0.0)))
     assert float(blurred[bands][0] - blurred[bands][2]) < float(clean[bands][0] - clean[bands][2]) - 1  # spectral fall-off
+
+
+@pytest.mark.parametrize("name", [n for n in preset_registry.available() if "weights" in (preset_registry.get(n).card.get("hypernet") or {})])
+def test_every_trained_hypernet_still_reads_the_clip(name, sample_hr):
+    """The encoder's tokens must differ between different clips. When every ReLU of one of its layers
+    is off, they are one constant and only the fixed evidence reaches the LoRA (real-x2's hypernets
+    until 2026-11-22: spread exactly 0). Measured here when installed: 0.007 (fast-x2), 0.015 (fast-x4),
+    0.0017 (vsrt-x2)."""
+    from hypersr.training.train import token_spread
+
+    preset = preset_registry.get(name)
+    base = preset_registry.load_model(preset)
+    hypernet, _ = preset_registry.load_hypernet(preset, base)
+    hr = torch.from_numpy(sample_hr[:12])
+    means = []
+    for k in range(4):
+        lr = F.interpolate(hr[3 * k : 3 * k + 3], scale_factor=1 / preset.scale, mode="bicubic", antialias=True).clamp(0, 1)
+        with torch.inference_mode():
+            s = hypernet.summarise(lr, base)
+        means.append(s.moment1 / s.count)
+    assert token_spread(torch.stack(means)) > 3e-4

@@ -56,9 +56,8 @@ def fit_head(x: torch.Tensor, table: torch.Tensor, penalty: float, steps: int = 
     return w.detach(), b.detach()
 
 
-def measure_clips(base, hypernet, pack_path, scale: int, clips: int, frames: int, size: int, seed: int, device: str):
+def measure_clips(base, hypernet, packed, scale: int, clips: int, frames: int, size: int, seed: int, device: str):
     """(summary features [N, D], Y-PSNR table [N, len(GRID)], the degradations) of `clips` sampled clips."""
-    packed = data.load_pack(pack_path)
     sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size, multi_shot_fraction=0.0)
     degrade = deg.TrainingDegradation("real")
     rng = np.random.default_rng(seed)
@@ -85,8 +84,13 @@ def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4
     from ..engine import preset_registry
     from ..engine.hypernet import build_hypernet
 
+    if preset.card["training"].get("degradation") != "real":
+        raise HypersrError(f"preset {preset.name} is trained on clean input already; the clean blend is for real-source presets such as real-x2")
+    if clean_preset.name == preset.name or clean_preset.card["training"].get("degradation") == "real":
+        raise HypersrError(f"--clean {clean_preset.name} is not trained on clean input; give {preset.name}'s clean twin, e.g. fast-x2")
     if clean_preset.card["architecture"] != preset.card["architecture"]:
         raise HypersrError(f"--clean {clean_preset.name}: its network is not {preset.name}'s; the clean blend needs the same architecture")
+    packed = data.load_pack(pack_path)
     base = preset_registry.load_model(preset, device=device)
     trained, _ = preset_registry.load_hypernet(preset, base, device=device)
     arch = {**preset.card["hypernet"]["architecture"], "blend": True}
@@ -97,7 +101,7 @@ def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4
     hypernet.blend.set_moves(moves(base, preset_registry.load_model(clean_preset, device=device)))
     hypernet.eval()
 
-    x, table, degradations = measure_clips(base, hypernet, pack_path, preset.scale, clips, frames, size, seed, device)
+    x, table, degradations = measure_clips(base, hypernet, packed, preset.scale, clips, frames, size, seed, device)
     n = len(x)
     fit, select, test = slice(0, 3 * n // 5), slice(3 * n // 5, 4 * n // 5), slice(4 * n // 5, n)
     scores = {}

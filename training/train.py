@@ -209,11 +209,13 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
     from ..engine.lora import lora_applied
 
     hypernet.eval()
-    scores, deltas = {}, []
+    scores, deltas, tokens = {}, [], []
     with torch.inference_mode():
         for name, (hr, lr) in validation_inputs(clips, scale, degrade).items():
             lr = lr.to(device)
-            factors = hypernet.factors(hypernet.summarise(lr, base))
+            summary = hypernet.summarise(lr, base)
+            tokens.append(summary.moment1 / summary.count)
+            factors = hypernet.factors(summary)
             deltas.append(torch.cat([(B @ A).flatten() for A, B in factors.values()]))
             sr = data.quantise(upscale_clip(base, lr)).cpu()
             with lora_applied(base, factors):
@@ -223,8 +225,16 @@ def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int
     # (0 would be one constant LoRA for every clip: a fine-tune, not a memory).
     d = torch.stack(deltas)
     scores["lora_spread"] = float((d - d.mean(0)).norm() / d.norm().clamp(min=1e-12))
+    # How much the encoder's tokens differ between clips: near 0, the encoder has died (every ReLU of a
+    # layer off) and only the fixed evidence reaches the LoRA, as happened to real-x2's first hypernets.
+    scores["token_spread"] = float(token_spread(torch.stack(tokens)))
     hypernet.train()
     return scores
+
+
+def token_spread(mean_tokens: torch.Tensor) -> torch.Tensor:
+    """Clips' mean tokens [N, D] -> their spread across clips relative to their size."""
+    return (mean_tokens - mean_tokens.mean(0)).norm() / mean_tokens.norm().clamp(min=1e-12)
 
 
 def warm_start(hypernet, state: dict[str, torch.Tensor]) -> None:
