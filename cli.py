@@ -108,8 +108,6 @@ def cmd_train_hypernet(args) -> None:
 
 
 def cmd_train_blend(args) -> None:
-    import json
-
     from safetensors.torch import save_file
 
     from .engine import preset_registry
@@ -127,11 +125,15 @@ def cmd_train_blend(args) -> None:
         raise HypersrError(f"--clips {args.clips} is too few to fit and check a blend on; give 20 or more (default 600)")
     pack = args.pack or args.data_dir / "train-pack.npz"
     out = Path(args.out or f"runs/{preset.name}-blend")
+    nearest = next(p for p in (out, *out.parents) if p.exists())  # fail before the fit, not after it
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK):
+        raise HypersrError(f"cannot make the run folder {out}: {nearest} is not a writable folder; give another --out")
     t0 = time.time()
     hypernet, arch, report = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
     out.mkdir(parents=True, exist_ok=True)
     weights = out / f"{preset.name}.hypernet.safetensors"
-    save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
+    state = {k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write(out / "blend.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
     print(json.dumps(report, indent=1))
     if args.install:

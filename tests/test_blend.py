@@ -86,7 +86,9 @@ def test_the_fit_moves_clean_clips_and_keeps_degraded_ones():
 
 def test_train_blend_fits_on_sampled_clips_and_refuses_bad_requests(tmp_path):
     pack = tiny_pack(tmp_path / "pack.npz")
-    for args, words in ((("--clean", "fast-x4"), ("not real-x2's",)), (("--clips", "5"), ("too few",)),
+    (tmp_path / "a-file").write_text("x")
+    for args, words in ((("--out", tmp_path / "a-file" / "run"), ("not a writable folder",)),
+                        (("--clean", "fast-x4"), ("not real-x2's",)), (("--clips", "5"), ("too few",)),
                         (("--clean", "nope"), ("unknown preset",)), (("--device", "tpu"), ("tpu",)),
                         (("--clean", "real-x2"), ("not trained on clean input",)), (("--preset", "fast-x2"), ("clean input already",)),
                         (("--pack", tmp_path / "nope.npz"), ("is missing", "hypersr data pack"))):
