@@ -28,6 +28,7 @@ def cmd_train_base(args) -> None:
     for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
+    check_training_side("--patch", hp["patch"], preset)
     arch = with_overrides(preset.card["architecture"], args.arch)
     if hp.get("init") and preset_registry.get(hp["init"]).card["architecture"] != arch:
         raise HypersrError(f"--init {hp['init']}: its network is not {preset.name}'s ({'with --arch' if args.arch else 'another architecture'}); "
@@ -71,6 +72,13 @@ def with_overrides(arch: dict, items: list[str] | None) -> dict:
     return arch
 
 
+def check_training_side(option: str, side: int, preset) -> None:
+    """An HR training side the preset's network can take: a multiple of its scale, its minimum LR frame or more."""
+    least = preset.min_size * preset.scale
+    if side % preset.scale or side < least:
+        raise HypersrError(f"{option} {side}: {preset.name} needs a multiple of {preset.scale} (its scale), {least} or more")
+
+
 def cmd_train_hypernet(args) -> None:
     from .engine import preset_registry
     from .engine.files import readable_file, sha256_file
@@ -85,6 +93,7 @@ def cmd_train_hypernet(args) -> None:
     for key in ("steps", "lr", "seed", "size"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
+    check_training_side("--size", hp["size"], preset)
     arch = with_overrides(section.get("architecture", HYPERNET_ARCH), args.arch)
     pack = args.pack or args.data_dir / "train-pack.npz"
     if args.init:
@@ -226,8 +235,6 @@ def cmd_bench_quality(args) -> None:
     from .training.evaluate import evaluate, table, validation_clips
 
     names = args.preset or [preset_registry.DEFAULT_PRESET]
-    if args.frames is not None and args.frames < 1:
-        raise HypersrError(f"--frames must be 1 or more, not {args.frames}")
     scales = {preset_registry.get(n).scale for n in names}
     if len(scales) != 1:
         raise HypersrError("compare presets of one scale at a time")
@@ -389,8 +396,32 @@ def training_parser(train, name: str, text: str, default_out: str) -> argparse.A
     return t
 
 
+def at_least(least: int):
+    """An argparse type: a whole number no smaller than `least` (a count of frames, steps, clips), so that
+    0 or -3 is refused before any work instead of failing deep inside it."""
+
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, not {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be {least} or more, not {value}")
+        return value
+
+    return whole_number
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with every refusal as the one `hypersr: error:` line the rest of the CLI prints (its subcommands
+    inherit the class), pointing at the subcommand's --help instead of printing the whole usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"hypersr: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hypersr", description=__doc__)
+    parser = _Parser(prog="hypersr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("upscale", help="upscale a video (y4m in and out, or a video file in)")
@@ -409,7 +440,7 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("input", help="y4m file, - for y4m on stdin, or any video file bestsource can open")
     an.add_argument("-o", "--output", required=True, help="LoRA file to write (e.g. clip.lora)")
     an.add_argument("--preset", default=None, help="default: fast-x2")
-    an.add_argument("--refine", type=int, default=0, metavar="N",
+    an.add_argument("--refine", type=at_least(0), default=0, metavar="N",
                     help="N steps of self-supervised test-time training of the predicted LoRA on the clip itself (default 0)")
     an.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     an.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
@@ -425,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="encoder arguments for ffmpeg, one string (default %(default)r); audio and subtitles are copied")
     ba.add_argument("--ffmpeg", help="the ffmpeg to encode with (default: ffmpeg on PATH, else the one of the imageio-ffmpeg package)")
     ba.add_argument("--preset", default=None, help="default: fast-x2")
-    ba.add_argument("--refine", type=int, default=0, metavar="N", help="refine steps in pass one (default 0)")
+    ba.add_argument("--refine", type=at_least(0), default=0, metavar="N", help="refine steps in pass one (default 0)")
     ba.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ba.add_argument("--ray", metavar="ADDRESS", help="run the passes on a Ray cluster (e.g. 10.0.0.1:6379); needs hypersr[ray]")
     ba.set_defaults(func=cmd_batch)
@@ -446,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
     bq.add_argument("--device", default=None)
     bq.add_argument("--out", type=Path, default=Path("bench-out"), help="where the plot and crops go (default %(default)s)")
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
-    bq.add_argument("--frames", type=int, help="score this many frames spread over each clip (default all; LIIF needs it: it is slow)")
+    bq.add_argument("--frames", type=at_least(1), help="score this many frames spread over each clip (default all; LIIF needs it: it is slow)")
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.set_defaults(func=cmd_bench_quality)
 
@@ -461,9 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     brl.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2 and real-x2)")
     brl.add_argument("--chain", action="append", help="degradation chain (repeatable; default all)")
     brl.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
-    brl.add_argument("--frames", type=int, default=24, help="frames per clip (default %(default)s)")
-    brl.add_argument("--first", type=int, default=0, help="first frame of each clip (default %(default)s)")
-    brl.add_argument("--refine", type=int, default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
+    brl.add_argument("--frames", type=at_least(1), default=24, help="frames per clip (default %(default)s)")
+    brl.add_argument("--first", type=at_least(0), default=0, help="first frame of each clip (default %(default)s)")
+    brl.add_argument("--refine", type=at_least(0), default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
     brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
     brl.add_argument("--update-card", action="store_true", help="record the tables and the probe in each real preset's model card")
     brl.add_argument("--chain-lora", action="store_true", help="also a LoRA fitted per chain on training clips (needs the training pack)")
@@ -475,9 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bm = bench.add_parser("memory", help="the hypernet's gain on real clips and the memory test; pass one's time and memory")
     bm.add_argument("--preset", default="fast-x2")
-    bm.add_argument("--refine", type=int, nargs="+", default=[10, 50], help="refine steps to compare (default 10 50)")
+    bm.add_argument("--refine", type=at_least(0), nargs="+", default=[10, 50], help="refine steps to compare (default 10 50)")
     bm.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
-    bm.add_argument("--stills", type=int, default=8, help="validation stills in the memory test (default 8)")
+    bm.add_argument("--stills", type=at_least(1), default=8, help="validation stills in the memory test (default 8)")
     bm.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bm.add_argument("--update-card", action="store_true", help="record the results in the preset's model card")
     bm.set_defaults(func=cmd_bench_memory)
@@ -485,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")
     bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
-    bs.add_argument("--frames", type=int, default=3, help="timed frames per row, after one warm-up frame (default 3)")
+    bs.add_argument("--frames", type=at_least(1), default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
     bs.add_argument("--peer", action="append", help="also time this peer (lanczos and nnedi3 are timed anyway; liif: minutes a frame on a CPU)")
     bs.set_defaults(func=cmd_bench_speed)
@@ -513,19 +544,21 @@ def build_parser() -> argparse.ArgumentParser:
     tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
     tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
     tb.add_argument("--init", metavar="PRESET", help="start from this preset's weights (same architecture), e.g. to fine-tune on a new pack")
-    tb.add_argument("--steps", type=int)
-    tb.add_argument("--batch", type=int)
-    tb.add_argument("--patch", type=int)
+    tb.add_argument("--steps", type=at_least(1))
+    tb.add_argument("--batch", type=at_least(1))
+    tb.add_argument("--patch", type=at_least(1),
+                    help="HR side of the training windows: a multiple of the scale, at least the preset's minimum frame size times it")
     tb.add_argument("--lr", type=float)
     tb.add_argument("--seed", type=int)
-    tb.add_argument("--val-every", type=int, help="steps between validations and checkpoints (default 250)")
+    tb.add_argument("--val-every", type=at_least(1), help="steps between validations and checkpoints (default 250)")
     tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
     tb.set_defaults(func=cmd_train_base)
     th = training_parser(train, "hypernet", "meta-train a preset's hypernet (its base weights frozen)", "runs/PRESET-hypernet")
-    th.add_argument("--steps", type=int)
+    th.add_argument("--steps", type=at_least(1))
     th.add_argument("--lr", type=float)
     th.add_argument("--seed", type=int)
-    th.add_argument("--size", type=int, help="HR side of the training clips (default 64 LR pixels x scale)")
+    th.add_argument("--size", type=at_least(1), help="HR side of the training clips: a multiple of the scale, at least the preset's "
+                    "minimum frame size times it (default 64 LR pixels x scale)")
     th.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override a hypernet architecture field (evidence=true)")
     th.add_argument("--init", type=Path, metavar="FILE", help="start from these hypernet weights (inputs it lacks start at zero)")
     th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")

@@ -395,6 +395,42 @@ def test_data_pack_refuses_bad_options_before_fetching_anything(tmp_path):
         assert not (tmp_path / "d").exists()  # no download started
 
 
+@pytest.mark.parametrize("args, words", [
+    (("bench", "real", "--frames", "0"), ("--frames", "1 or more, not 0", "hypersr bench real --help")),
+    (("bench", "real", "--first", "-1", "--no-probe"), ("--first", "0 or more, not -1")),
+    (("bench", "quality", "--frames", "x"), ("--frames", "whole number", "'x'")),
+    (("bench", "speed", "--frames", "0"), ("--frames", "1 or more")),
+    (("bench", "memory", "--stills", "0"), ("--stills", "1 or more")),
+    (("bench", "memory", "--refine", "10", "-1"), ("--refine", "0 or more")),
+    (("analyse", "in.y4m", "-o", "out.lora", "--refine", "-1"), ("--refine", "0 or more")),
+    (("train", "base", "--steps", "0", "--out", "run"), ("--steps", "1 or more")),
+    (("train", "base", "--batch", "0", "--out", "run"), ("--batch", "1 or more")),
+    (("train", "base", "--val-every", "0", "--out", "run"), ("--val-every", "1 or more")),
+    (("train", "base", "--patch", "33", "--out", "run"), ("--patch 33", "multiple of 2", "32 or more")),
+    (("train", "hypernet", "--steps", "-1", "--out", "run"), ("--steps", "1 or more")),
+    (("train", "hypernet", "--size", "16", "--out", "run"), ("--size 16", "32 or more")),
+    (("analyse", "in.y4m"), ("required", "-o/--output")),
+])
+def test_bad_numbers_and_missing_arguments_are_one_line_before_any_work(work, args, words):
+    """Counts below their least (0 frames, -1 steps) used to fail deep inside the work (ZeroDivisionError,
+    an empty BlankClip) or run on; argparse's own refusals printed the whole usage."""
+    before = snapshot(work)
+    proc = run_hypersr(*args, "--data-dir", work / "data", cwd=work) if args[0] in ("bench", "train") else run_hypersr(*args, cwd=work)
+    assert_clean_error(proc, *words)
+    assert len(proc.stderr.decode().splitlines()) == 1
+    assert snapshot(work) == before and not (work / "run").exists() and not (work / "data").exists()
+
+
+def test_training_sides_larger_than_the_packs_scenes_are_refused(tmp_path):
+    from test_training import tiny_pack  # scenes of 192 pixels
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    for what, option in (("base", "--patch"), ("hypernet", "--size")):
+        proc = run_hypersr("train", what, option, "256", "--steps", "1", "--pack", pack, "--out", tmp_path / "run")
+        assert_clean_error(proc, f"{option} 256", "larger than the training pack's scenes (192 pixels)")
+        assert not (tmp_path / "run").exists()
+
+
 def test_training_without_a_pack_says_how_to_make_one(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"garbage")
     for pack, words in ((tmp_path / "typo.npz", ("is missing", "hypersr data pack")), (tmp_path / "bad.npz", ("not a readable training pack",))):
