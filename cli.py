@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import signal
 import sys
@@ -274,6 +275,9 @@ def cmd_bench_real(args) -> None:
     if unknown:
         raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
     presets = args.preset or ["fast-x2", "real-x2"]
+    for name in presets:
+        if preset_registry.get(name).scale != 2:
+            raise HypersrError(f"bench real scores x2 presets (its chains shrink the clips by 2); {name} is x{preset_registry.get(name).scale}")
     probed = [n for n in presets if not args.no_probe and preset_registry.get(n).card["training"].get("degradation") == "real"
               and (preset_registry.get(n).card.get("hypernet") or {}).get("weights")]
     pack_path = args.data_dir / "train-pack.npz"
@@ -352,14 +356,21 @@ def cmd_bench_speed(args) -> None:
     from .training import bench_speed, peers
 
     backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    for gpu in sorted({"cuda", "trt"} & set(backends)):
+        if not torch.cuda.is_available():  # said before the CPU rows, not after them
+            raise HypersrError(f"--backend {gpu} needs a CUDA GPU, and torch sees none here; use --backend cpu")
+    names = args.preset or preset_registry.available()
     sizes = None
     if args.size:
-        w, _, h = args.size.partition("x")
-        sizes = {2: [(int(w), int(h))], 4: [(int(w), int(h))]}
+        size = re.fullmatch(r"(\d+)x(\d+)", args.size)
+        least = max(preset_registry.get(n).min_size for n in names)
+        if not size or min(int(size[1]), int(size[2])) < least:
+            raise HypersrError(f"--size {args.size}: give the LR frame as WIDTHxHEIGHT, each {least} or more (e.g. 640x360)")
+        sizes = {2: [(int(size[1]), int(size[2]))], 4: [(int(size[1]), int(size[2]))]}
     unknown = sorted(set(args.peer or []) - set(peers.NAMES))
     if unknown:
         raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are {', '.join(peers.NAMES)}")
-    rows, peaks = bench_speed.bench(args.preset or preset_registry.available(), backends, args.frames, sizes,
+    rows, peaks = bench_speed.bench(names, backends, args.frames, sizes,
                                     progress=lambda line: print(line, file=sys.stderr),
                                     peer_names=tuple(dict.fromkeys([*bench_speed.PEERS, *(args.peer or [])])))
     print(bench_speed.table(rows, peaks))

@@ -410,15 +410,27 @@ def test_data_pack_refuses_bad_options_before_fetching_anything(tmp_path):
     (("train", "hypernet", "--steps", "-1", "--out", "run"), ("--steps", "1 or more")),
     (("train", "hypernet", "--size", "16", "--out", "run"), ("--size 16", "32 or more")),
     (("analyse", "in.y4m"), ("required", "-o/--output")),
+    (("bench", "speed", "--size", "0x0"), ("--size 0x0", "WIDTHxHEIGHT", "16 or more")),
+    (("bench", "speed", "--size", "640"), ("--size 640", "WIDTHxHEIGHT")),
+    (("bench", "real", "--preset", "fast-x4", "--no-probe"), ("x2 presets", "fast-x4 is x4")),
 ])
 def test_bad_numbers_and_missing_arguments_are_one_line_before_any_work(work, args, words):
     """Counts below their least (0 frames, -1 steps) used to fail deep inside the work (ZeroDivisionError,
     an empty BlankClip) or run on; argparse's own refusals printed the whole usage."""
     before = snapshot(work)
-    proc = run_hypersr(*args, "--data-dir", work / "data", cwd=work) if args[0] in ("bench", "train") else run_hypersr(*args, cwd=work)
+    data_dir = ("--data-dir", work / "data") if args[0] in ("bench", "train") and args[1] != "speed" else ()
+    proc = run_hypersr(*args, *data_dir, cwd=work)
     assert_clean_error(proc, *words)
     assert len(proc.stderr.decode().splitlines()) == 1
     assert snapshot(work) == before and not (work / "run").exists() and not (work / "data").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is here")
+def test_gpu_backends_without_a_gpu_are_one_line_before_the_cpu_rows(tmp_path):
+    for backend in ("cuda", "trt"):
+        proc = run_hypersr("bench", "speed", "--backend", "cpu", "--backend", backend, "--size", "64x48", cwd=tmp_path)
+        assert_clean_error(proc, f"--backend {backend} needs a CUDA GPU", "use --backend cpu")
+        assert proc.stdout == b""
 
 
 def test_training_sides_larger_than_the_packs_scenes_are_refused(tmp_path):
