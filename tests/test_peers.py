@@ -62,5 +62,5 @@ def test_bench_speed_times_a_peer_in_its_own_process():
 
 
 def test_bench_options_checked_before_any_work():
-    assert_clean_error(run_hypersr("bench", "quality", "--frames", "0"), "--frames must be 1 or more")
+    assert_clean_error(run_hypersr("bench", "quality", "--frames", "0"), "--frames", "must be 1 or more")
     assert_clean_error(run_hypersr("bench", "speed", "--peer", "waifu2x"), "unknown peer 'waifu2x'")
