@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,8 +75,9 @@ class Analyser:
 
     def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0,
                  measure_refused_refine: bool = False):
-        if refine < 0:
-            raise HypersrError(f"--refine must be 0 or more steps, not {refine}")
+        if isinstance(refine, bool) or not isinstance(refine, numbers.Integral) or refine < 0:  # a .vpy script may pass 1.5 or "10"
+            raise HypersrError(f"refine must be a whole number of steps, 0 or more, not {refine!r}")
+        refine = int(refine)
         self.preset = preset_registry.get(preset)
         if refine and self.preset.refine_refused and not measure_refused_refine:  # benchmarks still measure it
             raise HypersrError(f"preset {self.preset.name} takes no --refine: {self.preset.refine_refused}; run pass one without it")

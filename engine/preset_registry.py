@@ -8,6 +8,7 @@ weights against the card, so a preset is exactly what its card describes.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -87,6 +88,8 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     model.load_state_dict(_verified_weights(preset, preset.weights_path, preset.sha256))
     if lora is not None:
         source = None if isinstance(lora, LoRA) else lora
+        if source is not None and not isinstance(source, (str, os.PathLike)):  # e.g. from a .vpy script
+            raise HypersrError(f"lora must be a LoRA file's path or a LoRA that analyse returned, not {type(source).__name__}")
         if source is not None:
             lora = load_lora(source)
         try:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
 import vapoursynth as vs
 
 from hypersr.engine import preset_registry
-from hypersr.vsplugin import upscale
+from hypersr.vsplugin import analyse, upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
 core = vs.core
@@ -168,3 +170,17 @@ def test_bad_inputs_raise_vapoursynth_errors(tmp_path):
     (tmp_path / "bad.lora").write_bytes(b"nonsense")
     with pytest.raises(vs.Error, match="bad.lora"):
         upscale(a, lora=str(tmp_path / "bad.lora"))
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda c: upscale(c, lora=5), "lora must be a LoRA file's path or a LoRA that analyse returned, not int"),
+    (lambda c: upscale(c, lora={"a": 1}), "not dict"),
+    (lambda c: analyse(c, refine=1.5, progress=False), "refine must be a whole number of steps, 0 or more, not 1.5"),
+    (lambda c: analyse(c, refine="10", progress=False), "not '10'"),
+    (lambda c: analyse(c, refine=-1, progress=False), "0 or more, not -1"),
+])
+def test_wrong_types_from_a_script_are_vapoursynth_errors(call, words):
+    """What a .vpy script can pass that the CLI's parser never would: a number as the LoRA, 1.5 refine steps."""
+    clip = core.std.BlankClip(format=vs.RGBS, width=32, height=32, length=2)
+    with pytest.raises(vs.Error, match=re.escape(words)):
+        call(clip)
