@@ -276,8 +276,8 @@ def cmd_bench_real(args) -> None:
         raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
     presets = args.preset or ["fast-x2", "real-x2"]
     for name in presets:
-        if preset_registry.get(name).scale != 2:
-            raise HypersrError(f"bench real scores x2 presets (its chains shrink the clips by 2); {name} is x{preset_registry.get(name).scale}")
+        if (scale := preset_registry.get(name).scale) != 2:
+            raise HypersrError(f"bench real scores x2 presets (its chains shrink the clips by 2); {name} is x{scale}")
     probed = [n for n in presets if not args.no_probe and preset_registry.get(n).card["training"].get("degradation") == "real"
               and (preset_registry.get(n).card.get("hypernet") or {}).get("weights")]
     pack_path = args.data_dir / "train-pack.npz"

@@ -88,9 +88,9 @@ def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = Non
     model.load_state_dict(_verified_weights(preset, preset.weights_path, preset.sha256))
     if lora is not None:
         source = None if isinstance(lora, LoRA) else lora
-        if source is not None and not isinstance(source, (str, os.PathLike)):  # e.g. from a .vpy script
-            raise HypersrError(f"lora must be a LoRA file's path or a LoRA that analyse returned, not {type(source).__name__}")
         if source is not None:
+            if not isinstance(source, (str, os.PathLike)):  # e.g. lora=5 from a .vpy script
+                raise HypersrError(f"lora must be a LoRA file's path or a LoRA that analyse returned, not {type(source).__name__}")
             lora = load_lora(source)
         try:
             check_lora(lora, preset)

@@ -83,6 +83,12 @@ class DegradedBank:
         return hr, lr
 
 
+def check_fits(packed: data.Pack, option: str, side: int) -> None:
+    """An HR training side no larger than the pack's scenes, before the run folder is made."""
+    if side > packed.scenes.shape[1]:
+        raise HypersrError(f"{option} {side} is larger than the training pack's scenes ({packed.scenes.shape[1]} pixels); give a smaller one")
+
+
 def cosine_schedule(opt, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
@@ -129,8 +135,7 @@ def train_base(
     """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
     real-source preset fine-tuned from its clean counterpart."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
-    if patch > packed.scenes.shape[1]:
-        raise HypersrError(f"--patch {patch} is larger than the training pack's scenes ({packed.scenes.shape[1]} pixels); give a smaller one")
+    check_fits(packed, "--patch", patch)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
@@ -291,8 +296,7 @@ def train_hypernet(
     rng = np.random.default_rng(seed)
     scale = preset.scale
     packed = data.load_pack(pack)
-    if size > packed.scenes.shape[1]:
-        raise HypersrError(f"--size {size} is larger than the training pack's scenes ({packed.scenes.shape[1]} pixels); give a smaller one")
+    check_fits(packed, "--size", size)
     sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size)
     degrade = TrainingDegradation(degradation)
     base = preset_registry.load_model(preset, device=device)
