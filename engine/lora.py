@@ -35,6 +35,8 @@ from .files import atomic_write, readable_file
 
 LORA_FORMAT_VERSION = 1
 MAX_UPDATE_RATIO = 1.0  # the largest ||strength * B @ A|| / ||W|| a LoRA file may ask for, per layer
+# hypersr writes float32; the other full floating-point types convert exactly enough (float8 and integers do not)
+READABLE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
 
 class LoRAConv2d(nn.Conv2d):
@@ -209,29 +211,44 @@ def load_lora(path: str | os.PathLike) -> LoRA:
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
             meta = json.loads(f.read(header_len)).get("__metadata__") or {}
-    except (SafetensorError, ValueError, OSError) as e:
+    except (SafetensorError, ValueError, OSError, AttributeError) as e:
         raise HypersrError(f"{path} is not a readable LoRA file ({e}); make it again with `hypersr analyse`") from None
     if meta.get("format") != "hypersr-lora":
         raise HypersrError(f"{path} is a safetensors file but not a hypersr LoRA; make one with `hypersr analyse`")
-    if int(meta.get("format_version", "0")) > LORA_FORMAT_VERSION:
-        raise HypersrError(f"{path} uses LoRA format {meta['format_version']}, newer than this hypersr; upgrade hypersr")
+
+    def entry(key: str, kind: type, default=None):
+        """A metadata entry as the type save_lora wrote it (numbers and JSON are stored as text)."""
+        text = meta.get(key, default)
+        if text is None:
+            raise KeyError(key)
+        value = json.loads(text) if kind in (list, dict) else kind(text)
+        if not isinstance(value, kind) or (kind is list and not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{key} is not a {kind.__name__}")
+        return value
+
     try:
-        layers = json.loads(meta["layers"])
+        if entry("format_version", int, "0") > LORA_FORMAT_VERSION:
+            raise HypersrError(f"{path} uses LoRA format {meta['format_version']}, newer than this hypersr; upgrade hypersr")
+        layers = entry("layers", list)
         factors = {name: (tensors[f"{name}.A"], tensors[f"{name}.B"]) for name in layers}
-        rank = int(meta["rank"])
+        rank = entry("rank", int)
         lora = LoRA(
-            preset=meta["preset"],
-            base_sha256=meta["base_sha256"],
-            upscale_factor=int(meta["scale"]),
+            preset=entry("preset", str),
+            base_sha256=entry("base_sha256", str),
+            upscale_factor=entry("scale", int),
             rank=rank,
             factors=factors,
-            strength=float(meta.get("strength", "1.0")),
-            clip_fingerprint=meta.get("clip_fingerprint", ""),
-            made_by=json.loads(meta.get("made_by", "{}")),
+            strength=entry("strength", float, "1.0"),
+            clip_fingerprint=entry("clip_fingerprint", str, ""),
+            made_by=entry("made_by", dict, "{}"),
         )
-    except (KeyError, ValueError, TypeError) as e:
-        raise HypersrError(f"{path} is a damaged LoRA file (missing or bad entry {e}); make it again with `hypersr analyse`") from None
+    except (KeyError, ValueError, TypeError, RecursionError) as e:
+        raise HypersrError(f"{path} is a damaged LoRA file (missing or bad entry {str(e)[:80]}); make it again with `hypersr analyse`") from None
     for name, (A, B) in factors.items():
+        if A.dtype not in READABLE_DTYPES or B.dtype not in READABLE_DTYPES:
+            bad = A.dtype if A.dtype not in READABLE_DTYPES else B.dtype
+            raise HypersrError(f"{path} is not a LoRA hypersr can use (layer {name} is stored as {str(bad).removeprefix('torch.')}; "
+                               "hypersr writes float32); make it again with `hypersr analyse`")
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != rank or B.shape[1] != rank:
             raise HypersrError(f"{path} is a damaged LoRA file (layer {name} has bad factor shapes)")
         if not (torch.isfinite(A).all() and torch.isfinite(B).all()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -68,7 +69,10 @@ class Preset:
         return [self.card_path, self.weights_path] + ([presets_dir() / hypernet["file"]] if hypernet else [])
 
     def build(self) -> torch.nn.Module:
-        return build_model(self.card["architecture"])
+        try:
+            return build_model(self.card["architecture"])
+        except (TypeError, ValueError) as e:  # an argument the network does not take, or a value it refuses
+            raise HypersrError(f"the model card {self.card_path} has an architecture hypersr cannot build ({e}); reinstall hypersr") from None
 
 
 def get(name: str | None) -> Preset:
@@ -76,8 +80,58 @@ def get(name: str | None) -> Preset:
     card_path = presets_dir() / f"{name}.json"
     if not card_path.is_file():
         raise HypersrError(f"unknown preset {name!r}; available: {', '.join(available()) or 'none'}")
-    card = json.loads(card_path.read_text())
+    card = read_card(card_path)
     return Preset(name, card, card_path, presets_dir() / card.get("weights", {}).get("file", f"{name}.safetensors"))
+
+
+def read_card(path: Path) -> dict:
+    """A model card, checked for every entry the runtime reads: a damaged card is one line, not a KeyError later."""
+    def damaged(why: str) -> HypersrError:
+        return HypersrError(f"the model card {path} is damaged ({why}); reinstall hypersr")
+
+    try:
+        card = json.loads(path.read_bytes())
+    except OSError as e:
+        raise HypersrError(f"cannot read the model card {path}: {e.strerror}") from None
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise damaged(f"not JSON: {str(e).splitlines()[0][:80]}") from None
+    if not isinstance(card, dict):
+        raise damaged("not a JSON object")
+
+    def section(parent: dict, key: str, where: str, required: bool = True) -> dict | None:
+        if key not in parent and not required:
+            return None
+        value = parent.get(key)
+        if not isinstance(value, dict):
+            raise damaged(f"{where}{key} is missing or not an object")
+        return value
+
+    def weights_entry(parent: dict, where: str) -> None:
+        w = section(parent, "weights", where, required=False)
+        if w is None:
+            return
+        file, sha = w.get("file"), w.get("sha256")
+        if not isinstance(file, str) or not file or Path(file).name != file:
+            raise damaged(f"{where}weights.file is not a file name")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            raise damaged(f"{where}weights.sha256 is not a SHA-256")
+
+    arch = section(card, "architecture", "")
+    if not isinstance(arch.get("type"), str):
+        raise damaged("architecture.type is not a name")
+    for key, low in (("scale", 1), ("window", 1)):
+        if type(arch.get(key)) is not int or not low <= arch[key] <= 16:
+            raise damaged(f"architecture.{key} is not a small whole number")
+    if "min_size" in card and (type(card["min_size"]) is not int or not 1 <= card["min_size"] <= 4096):
+        raise damaged("min_size is not a small whole number")
+    if card.get("refine_refused") is not None and not isinstance(card["refine_refused"], str):
+        raise damaged("refine_refused is not text")
+    weights_entry(card, "")
+    hypernet = section(card, "hypernet", "", required=False)
+    if hypernet is not None:
+        section(hypernet, "architecture", "hypernet.")
+        weights_entry(hypernet, "hypernet.")
+    return card
 
 
 def load_model(preset: Preset | str | None, lora: LoRA | str | Path | None = None, device: str = "cpu") -> torch.nn.Module:

@@ -22,7 +22,7 @@ from ..engine.files import INTERRUPTED, atomic_write, check_output, readable_fil
 from ..engine.runtime import release_free_memory
 from ..vsplugin import PAST_END, TRIM_EVERY, error_message
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
-from .y4m import Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
+from .y4m import MAX_OUTPUT_HEADER, Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
 
 core = vs.core
 
@@ -108,7 +108,9 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
     # VapourSynth needs subsampled frames to be a whole number of chroma samples wide and high; FFmpeg writes
     # odd sizes with chroma planes rounded up (65x49 4:2:0 has 33x25 chroma). So the luma is padded by
     # repeating its last column/row to the chroma's size, and output_clip crops the padding off again.
-    pad = (-h.width % (1 << fmt.subsampling_w), -h.height % (1 << fmt.subsampling_h))
+    # An interlaced frame is resized as two fields, each of which must hold whole chroma rows too.
+    fields = 2 if h.interlace in ("t", "b") else 1
+    pad = (-h.width % (1 << fmt.subsampling_w), -h.height % (fields << fmt.subsampling_h))
     width, height = h.width + pad[0], h.height + pad[1]
     blank = core.std.BlankClip(format=fmt.id, width=width, height=height, length=total or UNKNOWN_LENGTH, fpsnum=h.fps[0], fpsden=h.fps[1], keep=True)
     matrix = matrix or default_matrix(h.width, h.height)
@@ -193,7 +195,12 @@ def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = No
     """Write the clip's frames as y4m until the end (or the PAST_END marker); returns the frame count."""
     from tqdm import tqdm
 
-    writer = Y4MWriter(out, header.resized(clip.width, clip.height))
+    header = header.resized(clip.width, clip.height)
+    dropped = header.fitted()[2]
+    if dropped:
+        print(f"hypersr: note: the output's y4m header drops the tag{'s' if len(dropped) > 1 else ''} {' '.join('X' + x for x in dropped)}: "
+              f"FFmpeg reads a header of at most {MAX_OUTPUT_HEADER} bytes", file=sys.stderr)
+    writer = Y4MWriter(out, header)
     written = 0
     limit = total if total is not None else clip.num_frames
     with tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, position=position,

@@ -16,7 +16,13 @@ from ..engine.errors import HypersrError
 
 MAGIC = b"YUV4MPEG2"
 FRAME = b"FRAME"
-MAX_HEADER = 1024
+MAX_HEADER = 1024  # what hypersr reads
+# What hypersr writes: FFmpeg's demuxer reads a header line of at most 96 bytes, newline included
+# (libavformat/yuv4mpegdec.c, MAX_YUV4_HEADER); optional tags that do not fit are dropped.
+MAX_OUTPUT_HEADER = 96
+MAX_SIDE = 16384  # pixels a side: 16K; also what keeps frame sizes (and allocations) sane
+MAX_INT32 = 2**31 - 1  # FFmpeg reads F and A as C ints
+READ_CHUNK = 1 << 24  # a frame is read in chunks, so a short stream never allocates what its header claims
 
 # VapourSynth's _ChromaLocation values
 CHROMA_LEFT, CHROMA_CENTER, CHROMA_TOP_LEFT = 0, 1, 2
@@ -89,17 +95,16 @@ class Y4MHeader:
             for tok in tokens[1:]:
                 key, val = tok[0], tok[1:]
                 if key == "W":
-                    values["width"] = int(val)
+                    values["width"] = _number(val, "W")
                 elif key == "H":
-                    values["height"] = int(val)
+                    values["height"] = _number(val, "H")
                 elif key == "C":
                     values["chroma"] = val
                 elif key == "F":
-                    n, d = (int(x) for x in val.split(":"))
+                    n, d = _ratio(val, "F")
                     values["fps"] = (n, d) if n > 0 and d > 0 else (25, 1)
                 elif key == "A":
-                    n, d = (int(x) for x in val.split(":"))
-                    values["aspect"] = (n, d)
+                    values["aspect"] = _ratio(val, "A")
                 elif key == "I":
                     if val not in ("p", "t", "b", "?"):
                         raise Y4MError(f"y4m interlace mode I{val} (mixed) is not supported; deinterlace first")
@@ -117,6 +122,9 @@ class Y4MHeader:
             raise Y4MError("malformed y4m header: W (width) and H (height) are required")
         if values["width"] <= 0 or values["height"] <= 0:
             raise Y4MError(f"malformed y4m header: frame size {values['width']}x{values['height']}")
+        if max(values["width"], values["height"]) > MAX_SIDE:
+            raise Y4MError(f"y4m frame size {values['width']}x{values['height']} is beyond {MAX_SIDE} pixels a side, more than hypersr "
+                           "upscales; check the stream's header, or crop or downscale it first")
         chroma = values.get("chroma", "420jpeg")
         if not _CHROMA_RE.match(chroma):
             raise Y4MError(
@@ -128,18 +136,56 @@ class Y4MHeader:
         return cls(**values)
 
     def line(self) -> bytes:
+        """The header line as FFmpeg writes it (with XYSCSS for older readers), with the X tags passed
+        through that fit in MAX_OUTPUT_HEADER bytes: see `fitted`."""
+        yscss, kept, _ = self.fitted()
+        return self._line(yscss, kept)
+
+    def fitted(self) -> tuple[bool, tuple[str, ...], tuple[str, ...]]:
+        """(whether XYSCSS fits, the extra X tags kept, those dropped) for a line FFmpeg can read: the
+        passed-through tags go first, then XYSCSS (FFmpeg reads the C tag before it)."""
+        kept = list(self.extra)
+        dropped: list[str] = []
+        while kept and len(self._line(True, kept)) > MAX_OUTPUT_HEADER:
+            dropped.insert(0, kept.pop())
+        yscss = len(self._line(True, kept)) <= MAX_OUTPUT_HEADER
+        return yscss, tuple(kept), tuple(dropped)
+
+    def _line(self, yscss: bool, extra) -> bytes:
         parts = [f"YUV4MPEG2 W{self.width} H{self.height} F{self.fps[0]}:{self.fps[1]} I{self.interlace}"]
         parts.append(f"A{self.aspect[0]}:{self.aspect[1]}")
         parts.append(f"C{self.chroma}")
-        if self.family == "yuv":
+        if self.family == "yuv" and yscss:
             parts.append(f"XYSCSS={self.chroma.upper()}")
         if self.color_range:
             parts.append(f"XCOLORRANGE={self.color_range}")
-        parts += [f"X{x}" for x in self.extra]
+        parts += [f"X{x}" for x in extra]
         return (" ".join(parts) + "\n").encode("ascii")
 
     def resized(self, width: int, height: int) -> Y4MHeader:
         return replace(self, width=width, height=height)
+
+
+def _number(text: str, key: str) -> int:
+    """A y4m header number: plain decimal digits (no sign, spaces or underscores, which int() would take)."""
+    if not re.fullmatch(r"[0-9]+", text):
+        raise ValueError(f"{key}{text} is not a whole number")
+    if len(text) > 10:
+        raise ValueError(f"{key}{text} is out of range")
+    return int(text)
+
+
+def _ratio(text: str, key: str) -> tuple[int, int]:
+    """A y4m ratio n:d (F, A), each term a number FFmpeg reads as a C int."""
+    m = re.fullmatch(r"([0-9]+):([0-9]+)", text)
+    if not m:
+        raise ValueError(f"{key}{text} is not a ratio n:d")
+    if any(len(t) > 10 for t in m.groups()):
+        raise ValueError(f"{key}{text} is out of range")
+    n, d = int(m.group(1)), int(m.group(2))
+    if n > MAX_INT32 or d > MAX_INT32:
+        raise ValueError(f"{key}{text} has a term beyond {MAX_INT32}")
+    return n, d
 
 
 def chroma_tag(family: str, subsampling: tuple[int, int], bits: int, chroma_location: int = CHROMA_LEFT) -> str:
@@ -238,7 +284,7 @@ class Y4MReader:
 def _read_exactly(stream, size: int) -> bytes:
     chunks, got = [], 0
     while got < size:
-        chunk = stream.read(size - got)
+        chunk = stream.read(min(size - got, READ_CHUNK))
         if not chunk:
             break
         chunks.append(chunk)

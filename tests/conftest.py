@@ -18,3 +18,8 @@ def _ffmpeg_on_path(tmp_path_factory):
         (folder / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
         os.environ["PATH"] = f"{folder}{os.pathsep}{os.environ.get('PATH', '')}"
     yield
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-cases", type=int, default=300, help="mutated files per kind in tests/test_fuzz.py (default 300)")
+    parser.addoption("--fuzz-seed", type=int, default=0, help="the fuzz run's seed (default 0)")

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import HYPERSR, assert_clean_error, ffmpeg_y4m, preset_lora, probe, run_hypersr
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from hypersr.engine import preset_registry
 from hypersr.engine.errors import HypersrError
@@ -217,14 +219,16 @@ def test_nan_is_never_written():
 
 # --- odd frame sizes --------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("interlace", ["p", "t"])  # an interlaced frame is resized as two fields: 49 rows = 25 + 24
 @pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv422p", "yuv420p10le"])
-def test_odd_size_subsampled_input(tmp_path, pix_fmt):
+def test_odd_size_subsampled_input(tmp_path, pix_fmt, interlace):
     src = ffmpeg_y4m(tmp_path / "odd.y4m", pix_fmt, size="64x48", frames=3, extra=["-vf", "scale=65:49"])
     assert b"W65 H49" in src.read_bytes()[:64]
+    src.write_bytes(src.read_bytes().replace(b" Ip ", f" I{interlace} ".encode(), 1))
     proc = run_hypersr("upscale", src, "-o", tmp_path / "out.y4m", "-q")
     assert proc.returncode == 0, proc.stderr.decode()
     frames_in, frames_out = frames_of(src.read_bytes()), frames_of((tmp_path / "out.y4m").read_bytes())
-    assert len(frames_out) == 3
+    assert len(frames_out) == 3 and f" I{interlace} ".encode() in (tmp_path / "out.y4m").read_bytes()[:80]
     chroma = (98, 65) if pix_fmt == "yuv422p" else (49, 65)  # FFmpeg's layout of a 130x98 frame
     assert [p.shape for p in frames_out[0]] == [(98, 130), chroma, chroma]
     for p in range(3):  # every plane keeps its level: the padding is cropped off, not kept or shifted in
@@ -454,3 +458,51 @@ def test_training_without_a_pack_says_how_to_make_one(tmp_path):
         proc = run_hypersr("train", what, "--pack", tmp_path / "bad.npz", "--device", "foo", "--out", tmp_path / "run")
         assert_clean_error(proc, "unknown device 'foo'")
         assert not (tmp_path / "run").exists()
+
+
+# --- inputs found by fuzzing (tests/test_fuzz.py goes on looking for their siblings) -----------------
+
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2, torch.int32, torch.bool])
+def test_lora_stored_in_a_type_hypersr_does_not_write(work, dtype):
+    lora = load_lora(work / "clip.lora")
+    lora.factors = {k: (A.to(dtype), B.to(dtype)) for k, (A, B) in lora.factors.items()}
+    tensors = {f"{k}.{n}": t.contiguous() for k, pair in lora.factors.items() for n, t in zip("AB", pair)}
+    with safe_open(str(work / "clip.lora"), "pt") as f:
+        meta = f.metadata()
+    save_file(tensors, str(work / "odd.lora"), metadata=meta)
+    proc = run_hypersr("upscale", work / "in.y4m", "-o", work / "out.y4m", "--lora", work / "odd.lora")
+    assert_clean_error(proc, "odd.lora", str(dtype).removeprefix("torch."), "float32", "hypersr analyse")
+    assert not (work / "out.y4m").exists()
+
+
+@pytest.mark.parametrize("field, words", [("H99999999999999999999", ["H99999999999999999999", "out of range"]),
+                                          ("H99999", ["16x99999", "16384"]),
+                                          ("F30000:99999999999", ["F30000:99999999999", "out of range"]),
+                                          ("A1:4294967296", ["A1:4294967296", "2147483647"]),
+                                          ("W+16", ["W+16", "whole number"]), ("W1_6", ["W1_6", "whole number"])])
+def test_absurd_numbers_in_the_y4m_header(tmp_path, field, words):
+    data = f"YUV4MPEG2 W16 H16 F25:1 C420jpeg {field}\nFRAME\n".encode() + bytes(16 * 16 * 3 // 2)
+    for command in ("upscale", "analyse"):
+        out = tmp_path / ("out.y4m" if command == "upscale" else "out.lora")
+        assert_clean_error(run_hypersr(command, "-", "-o", out, input_bytes=data), *words)
+        assert not out.exists()
+
+
+def test_long_headers_stay_readable(tmp_path, clip):
+    """A header of exactly the 1024 bytes hypersr reads: the output drops the passed-through tags FFmpeg's
+    96-byte limit has no room for, says which, and both hypersr and FFmpeg read it back."""
+    header, rest = clip.read_bytes().split(b"\n", 1)
+    tags = [b" XVENDOR=1", b" XLONG=" + b"x" * 40]
+    header += b"".join(tags)
+    header += b" XPAD=" + b"p" * (1023 - len(header) - 6)
+    assert len(header + b"\n") == 1024
+    (tmp_path / "long.y4m").write_bytes(header + b"\n" + rest)
+    proc = run_hypersr("upscale", tmp_path / "long.y4m", "-o", tmp_path / "out.y4m")
+    assert proc.returncode == 0, proc.stderr.decode()
+    note = [line for line in proc.stderr.decode().splitlines() if "drops" in line]
+    assert len(note) == 1 and "XLONG=" in note[0] and "XPAD=" in note[0] and "XVENDOR" not in note[0], proc.stderr.decode()
+    out_header = (tmp_path / "out.y4m").read_bytes().split(b"\n", 1)[0]
+    assert len(out_header) + 1 <= 96 and b"XVENDOR=1" in out_header
+    assert probe(tmp_path / "out.y4m")[0]["frames"] == 3  # FFmpeg reads it
+    again = run_hypersr("upscale", tmp_path / "out.y4m", "-o", tmp_path / "again.y4m", "--preset", "fast-x2", "-q")
+    assert again.returncode == 0, again.stderr.decode()  # and so does hypersr

@@ -120,3 +120,11 @@ def test_card_describes_the_weights():
     card = json.loads(p.card_path.read_text())
     assert card["architecture"]["scale"] == 2 and card["architecture"]["window"] == 3
     assert len(card["weights"]["sha256"]) == 64
+
+
+@pytest.mark.parametrize("damage", ["{not json", '{"architecture": {"type": "fast", "scale": "2", "window": 3}}', "[]"])
+def test_damaged_card_is_one_line(tmp_path, monkeypatch, damage):
+    (tmp_path / "fast-x2.json").write_text(damage)
+    monkeypatch.setattr(preset_registry, "presets_dir", lambda: tmp_path)
+    with pytest.raises(HypersrError, match="fast-x2.json is damaged .*reinstall hypersr"):
+        preset_registry.get("fast-x2")
