@@ -56,6 +56,21 @@ def test_short_training_run_learns(tmp_path):
     assert weights.exists() and (tmp_path / "run" / "checkpoint.pt").exists()
 
 
+def test_resume_continues_a_run_and_refuses_another(tmp_path):
+    """The one training loop resumes from its checkpoint (a longer run continues where the shorter one
+    stopped), and a checkpoint made with other settings is one line, not a run quietly mixing them."""
+    from hypersr.engine.errors import HypersrError
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    arch = {"type": "span", "scale": 2, "window": 3, "channels": 4, "blocks": 1}
+    train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=4, batch=2, patch=32, lr=1e-3, val_every=2)
+    train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=6, batch=2, patch=32, lr=1e-3, val_every=2)
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [0, 2, 4, 6]
+    with pytest.raises(HypersrError, match="other settings .*lr"):
+        train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=8, batch=2, patch=32, lr=5e-4, val_every=2)
+
+
 def test_bench_runs_scores_a_finished_run(tmp_path):
     """`hypersr bench runs` rebuilds a run from arch.json and its weights; on the data the run validated
     on, it reproduces the run's own last score."""

@@ -93,18 +93,23 @@ def cosine_schedule(opt, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
 
 
-def save_checkpoint(ckpt: Path, model, opt, sched, rng, step: int) -> None:
+def save_checkpoint(ckpt: Path, model, opt, sched, rng, step: int, config: dict) -> None:
     tmp = ckpt.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "rng": rng.bit_generator.state,
-                "torch_rng": torch.get_rng_state(), "step": step}, tmp)
+                "torch_rng": torch.get_rng_state(), "step": step, "config": config}, tmp)
     tmp.replace(ckpt)
 
 
-def resume(ckpt: Path, model, opt, sched, rng, device) -> int:
-    """Load a checkpoint if there is one; returns the step to start at."""
+def resume(ckpt: Path, model, opt, sched, rng, device, config: dict) -> int:
+    """Load a checkpoint if there is one; returns the step to start at. A checkpoint of another run (other
+    architecture or hyperparameters) is refused rather than continued under the wrong settings."""
     if not ckpt.exists():
         return 0
     state = torch.load(ckpt, map_location=device, weights_only=False)
+    saved = json.loads(json.dumps(state.get("config", config), default=str))
+    if saved != json.loads(json.dumps(config, default=str)):
+        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != json.loads(json.dumps(config.get(k), default=str)))
+        raise HypersrError(f"{ckpt} is a run with other settings ({', '.join(changed)}); give another --out, or delete it to start again")
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
@@ -112,6 +117,40 @@ def resume(ckpt: Path, model, opt, sched, rng, device) -> int:
     torch.set_rng_state(state["torch_rng"])
     print(f"resuming {ckpt} at step {state['step']}", flush=True)
     return state["step"]
+
+
+def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device, steps: int, val_every: int, config: dict,
+                  loss_fn, validate_fn, postfix_fn, clip_grad: float | None = None) -> None:
+    """The one loop of every training run (base networks and hypernets): resume from out/checkpoint.pt,
+    log the untrained network's validation at step 0, then per step loss_fn() -> backward -> step, and every
+    `val_every` steps validate_fn() into out/log.jsonl, a progress-bar summary (postfix_fn) and a checkpoint
+    that holds `config` (architecture and hyperparameters)."""
+    ckpt = out / "checkpoint.pt"
+    start = resume(ckpt, trained, opt, sched, rng, device, config)
+    log = open(out / "log.jsonl", "a")
+    if start == 0:  # where the untrained network starts, for comparison
+        log.write(json.dumps({"step": 0, "val_y_psnr": validate_fn()}) + "\n")
+    t0, running = time.time(), []
+    bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc)
+    for step in bar:
+        loss = loss_fn()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        if (step + 1) % val_every == 0 or step + 1 == steps:
+            scores = validate_fn()
+            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
+                     "elapsed_s": round(time.time() - t0, 1)}
+            running = []
+            log.write(json.dumps(entry) + "\n")
+            log.flush()
+            bar.set_postfix(loss=f"{entry['loss']:.4f}", **postfix_fn(scores))
+            save_checkpoint(ckpt, trained, opt, sched, rng, step + 1, config)
+    log.close()
 
 
 def train_base(
@@ -153,37 +192,21 @@ def train_base(
         model.load_state_dict(preset_registry.load_model(init).state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
-    ckpt = out / "checkpoint.pt"
-    start = resume(ckpt, model, opt, sched, rng, device)
-
-    log = open(out / "log.jsonl", "a")
-    if start == 0:  # where the untrained network (bicubic) starts, for comparison
-        log.write(json.dumps({"step": 0, "val_y_psnr": validate(model, val, scale, device, degrade)}) + "\n")
-    t0, running = time.time(), []
     windows = DegradedBank(sampler, degrade, scale, bank, seed) if degrade.name == "real" else None
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {name}", file=None)
-    for step in bar:
+
+    def loss_fn():
         if windows is not None:
             hr, lr_in = windows.sample(batch, rng)
         else:
             hr = sampler.sample(batch, rng)
             lr_in = degrade(hr, scale, rng)
-        pred = model(lr_in.to(device))
-        loss = charbonnier(pred, hr[:, window // 2].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (step + 1) % val_every == 0 or step + 1 == steps:
-            scores = validate(model, val, scale, device, degrade)
-            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
-                     "elapsed_s": round(time.time() - t0, 1)}
-            running = []
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", psnr=" ".join(f"{v:.2f}" for v in scores.values()))
-            save_checkpoint(ckpt, model, opt, sched, rng, step + 1)
+        return charbonnier(model(lr_in.to(device)), hr[:, window // 2].to(device))
+
+    config = {"arch": arch, "degradation": degradation, "batch": batch, "patch": patch, "lr": lr,  # steps may grow on resume
+              "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank}
+    training_loop(out, f"train {name}", model, model.parameters(), opt, sched, rng, device, steps, val_every, config, loss_fn,
+                  lambda: validate(model, val, scale, device, degrade),
+                  lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())})
     weights = out / f"{name}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     return weights
@@ -311,39 +334,29 @@ def train_hypernet(
     # For real sources, a linear head learns to read the clip's degradation from the summary; it trains with
     # the hypernet and is discarded: what users run is the hypernet alone.
     aux = torch.nn.Linear(hypernet.standardise.mean.numel(), AUX_TARGETS).to(device) if degrade.name == "real" else None
-    opt = torch.optim.AdamW(list(hypernet.parameters()) + (list(aux.parameters()) if aux else []), lr=lr, weight_decay=weight_decay)
+    trained = list(hypernet.parameters()) + (list(aux.parameters()) if aux else [])
+    opt = torch.optim.AdamW(trained, lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
-    ckpt = out / "checkpoint.pt"
-    start = resume(ckpt, hypernet, opt, sched, rng, device)
-    log = open(out / "log.jsonl", "a")
-    if start == 0:
+    if not (out / "checkpoint.pt").exists():
         calibrate_standardiser(hypernet, base, sampler, rng, scale, degrade, device)
-        log.write(json.dumps({"step": 0, "val_y_psnr": validate_hypernet(hypernet, base, packed.validation, scale, device, degrade)}) + "\n")
-    t0, running = time.time(), []
-    bar = tqdm(range(start, steps), initial=start, total=steps, desc=f"train {preset.name} hypernet")
-    for step in bar:
+
+    def loss_fn():
         loss = 0.0
         for _ in range(clips):
             hr, cuts = sampler.sample(rng)
             centres = sorted(rng.choice(frames, targets, replace=False).tolist())
-            lr, d = degrade.clip(hr, scale, rng)
-            loss = loss + clip_loss(hypernet, base, hr.to(device), lr.to(device), cuts, centres, aux, aux_target(d).to(device)) / clips
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(hypernet.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if (step + 1) % val_every == 0 or step + 1 == steps:
-            scores = validate_hypernet(hypernet, base, packed.validation, scale, device, degrade)
-            entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
-                     "elapsed_s": round(time.time() - t0, 1)}
-            running = []
-            log.write(json.dumps(entry) + "\n")
-            log.flush()
-            bar.set_postfix(loss=f"{entry['loss']:.4f}", spread=f"{scores['lora_spread']:.3f}",
-                            gain=" ".join(f"{v['hypernet'] - v['base']:+.3f}" for v in scores.values() if isinstance(v, dict)))
-            save_checkpoint(ckpt, hypernet, opt, sched, rng, step + 1)
+            lr_in, d = degrade.clip(hr, scale, rng)
+            loss = loss + clip_loss(hypernet, base, hr.to(device), lr_in.to(device), cuts, centres, aux, aux_target(d).to(device)) / clips
+        return loss
+
+    def postfix(scores):
+        return {"spread": f"{scores['lora_spread']:.3f}",
+                "gain": " ".join(f"{v['hypernet'] - v['base']:+.3f}" for v in scores.values() if isinstance(v, dict))}
+
+    config = {"arch": arch, "base_sha256": preset.sha256, "degradation": degradation, "clips": clips, "frames": frames,
+              "size": size, "targets": targets, "lr": lr, "weight_decay": weight_decay, "seed": seed, "init": str(init) if init else None}
+    training_loop(out, f"train {preset.name} hypernet", hypernet, list(hypernet.parameters()), opt, sched, rng, device, steps, val_every,
+                  config, loss_fn, lambda: validate_hypernet(hypernet, base, packed.validation, scale, device, degrade), postfix, clip_grad=1.0)
     weights = out / f"{preset.name}.hypernet.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
     return weights
