@@ -34,12 +34,12 @@ def cmd_train_base(args) -> None:
     if hp.get("init") and preset_registry.get(hp["init"]).card["architecture"] != arch:
         raise HypersrError(f"--init {hp['init']}: its network is not {preset.name}'s ({'with --arch' if args.arch else 'another architecture'}); "
                            "start from a preset with the same architecture")
-    out = Path(args.out or f"runs/{preset.name}")
+    out = args.out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
     if args.install and arch != preset.card["architecture"]:
         raise HypersrError("--install with --arch would make the card lie; change the card's architecture instead")
     weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
-                         preset.card["training"].get("degradation", "bi"), device=args.device, **hp)
+                         preset.card["training"].get("degradation", "bi"), device=args.device, max_minutes=args.max_minutes, **hp)
     if args.install:
         pack = args.pack or args.data_dir / "train-pack.npz"
         data = ("training pack (`hypersr data pack`): detail-rich crops of the Debian wallpaper and photograph stills "
@@ -60,8 +60,12 @@ def training_record(args, hp: dict, pack: Path, t0: float, data: str) -> dict:
     from .engine.files import sha256_file
 
     hardware = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU: {cpu_name()}, {torch.get_num_threads()} threads"
-    return {"hyperparameters": hp, "data": data, "pack_sha256": sha256_file(pack), "wall_time_s": round(time.time() - t0),
-            "hardware": hardware, "torch": torch.__version__, "command": "hypersr " + shlex.join(sys.argv[1:])}
+    record = {"hyperparameters": hp, "data": data, "pack_sha256": sha256_file(pack), "wall_time_s": round(time.time() - t0),
+              "hardware": hardware, "torch": torch.__version__, "command": "hypersr " + shlex.join(sys.argv[1:])}
+    log = Path(args.out) / "log.jsonl" if getattr(args, "out", None) else None
+    if log is not None and log.is_file():  # a run that stopped at --max-minutes, or resumed: the steps it really made
+        record["steps_done"] = json.loads(log.read_text().splitlines()[-1])["step"]
+    return record
 
 
 def with_overrides(arch: dict, items: list[str] | None) -> dict:
@@ -101,8 +105,8 @@ def cmd_train_hypernet(args) -> None:
         readable_file(args.init, "--init hypernet")
     degradation = preset.card["training"].get("degradation", "bi")
     t0 = time.time()
-    weights = train_hypernet(preset, arch, Path(args.out or f"runs/{preset.name}-hypernet"), pack, degradation,
-                             device=args.device, init=args.init, **hp)
+    out = args.out = Path(args.out or f"runs/{preset.name}-hypernet")
+    weights = train_hypernet(preset, arch, out, pack, degradation, device=args.device, init=args.init, max_minutes=args.max_minutes, **hp)
     if args.install:
         data = ("meta-training on the training pack: single-shot clips (simulated camera over the scenes, carphone_pristine) "
                 "and two-shot clips of one scene (close-up + distant shot); base weights frozen")
@@ -414,6 +418,8 @@ def training_parser(train, name: str, text: str, default_out: str) -> argparse.A
     t.add_argument("--out", help=f"run directory (checkpoints, log); default {default_out}")
     t.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
     t.add_argument("--device", default="cpu")
+    t.add_argument("--max-minutes", type=float, metavar="M", help="stop after about M minutes, validated and checkpointed "
+                   "(the same command resumes; --install installs what it has, its card saying how many steps)")
     return t
 
 

@@ -78,14 +78,14 @@ def release_free_memory() -> None:
 class Upscaler:
     """Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model at once, each with
     its own slot of the backend (on a GPU: a CUDA stream and pinned buffers). Frames larger than `tile`
-    are processed in tiles overlapping by `tile_pad` LR pixels; for networks whose receptive field that
-    covers (the fast presets) tiled output equals untiled output.
+    are processed in tiles overlapping by `tile_pad` LR pixels (default: the network's receptive radius,
+    or 16); where that covers the receptive field (the fast and quality presets) tiled output equals untiled output.
 
     backend: auto, cpu, cuda or trt (engine/backends.py). trt needs `frame_size` (width, height) to build
     its engine profile; the cache lives in `trt_cache_dir` (default ~/.cache/hypersr/trt)."""
 
     def __init__(self, preset: str | None = None, lora: LoRA | str | None = None, *, device: str | None = None,
-                 backend: str | None = None, num_streams: int = 1, tile: int | None = None, tile_pad: int = 16,
+                 backend: str | None = None, num_streams: int = 1, tile: int | None = None, tile_pad: int | None = None,
                  frame_size: tuple[int, int] | None = None, trt_cache_dir: str | None = None, cuda_graphs: bool = False):
         self.preset = preset_registry.get(preset)
         if backend == "trt":
@@ -98,11 +98,13 @@ class Upscaler:
             raise HypersrError(f"num_streams must be at least 1, not {num_streams}")
         if tile is not None and tile < self.preset.min_size:
             raise HypersrError(f"tile {tile} is below preset {self.preset.name}'s minimum frame size {self.preset.min_size}")
-        if tile_pad < 0:
+        if tile_pad is not None and tile_pad < 0:
             raise HypersrError(f"tile_pad must not be negative, not {tile_pad}")
         if self.backend_name == "cpu":
             keep_large_buffers()
         model = preset_registry.load_model(self.preset, lora, device=str(self.device))
+        if tile_pad is None:
+            tile_pad = getattr(model, "receptive_radius", 16)
         self.backend: Backend
         if self.backend_name == "cpu":
             self.backend = CpuBackend(model)

@@ -13,6 +13,9 @@ def _ffmpeg_on_path(tmp_path_factory):
         try:
             import imageio_ffmpeg
         except ImportError:
+            if os.environ.get("HYPERSR_TESTS_WITHOUT_FFMPEG"):  # a lent GPU's bare machine (training/gpu_session.sh): its tests need none
+                yield
+                return
             pytest.exit("the tests need ffmpeg: apt-get install ffmpeg, or pip install imageio-ffmpeg", returncode=2)
         folder = tmp_path_factory.mktemp("ffmpeg-bin")
         (folder / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())

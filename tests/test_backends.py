@@ -43,9 +43,9 @@ def lora():
     return preset_lora(preset_registry.get("fast-x2"))
 
 
-def reference(window: np.ndarray, lora) -> np.ndarray:
+def reference(window: np.ndarray, lora, preset: str = "fast-x2") -> np.ndarray:
     """The preset's network in fp32 with the LoRA applied unmerged (the definition of the right output)."""
-    model = preset_registry.load_model("fast-x2")
+    model = preset_registry.load_model(preset)
     with torch.no_grad(), lora_applied(model, {k: (A * lora.strength, B) for k, (A, B) in lora.factors.items()}):
         return model(torch.from_numpy(window)[None])[0].clamp(0, 1).numpy()
 
@@ -87,9 +87,11 @@ def test_cpu_backend_merged_lora_equals_unmerged(window, lora):
 
 @needs_cuda
 @pytest.mark.parametrize("cuda_graphs", [False, True])
-def test_cuda_backend_matches_cpu(window, lora, cuda_graphs):
-    engine = Upscaler("fast-x2", lora, backend="cuda", num_streams=2, cuda_graphs=cuda_graphs)
-    ref = reference(window, lora)
+@pytest.mark.parametrize("preset", ["fast-x2", "quality-x2"])  # quality-x2: SPAN scales its input by 255, a range fp16 must hold
+def test_cuda_backend_matches_cpu(window, preset, cuda_graphs):
+    lora = preset_lora(preset_registry.get(preset))
+    engine = Upscaler(preset, lora, backend="cuda", num_streams=2, cuda_graphs=cuda_graphs)
+    ref = reference(window, lora, preset)
     np.testing.assert_allclose(engine(window), ref, atol=3e-3)  # fp16
     results = {}
 

@@ -120,16 +120,19 @@ def resume(ckpt: Path, model, opt, sched, rng, device, config: dict) -> int:
 
 
 def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device, steps: int, val_every: int, config: dict,
-                  loss_fn, validate_fn, postfix_fn, clip_grad: float | None = None) -> None:
+                  loss_fn, validate_fn, postfix_fn, clip_grad: float | None = None, max_minutes: float | None = None) -> int:
     """The one loop of every training run (base networks and hypernets): resume from out/checkpoint.pt,
     log the untrained network's validation at step 0, then per step loss_fn() -> backward -> step, and every
     `val_every` steps validate_fn() into out/log.jsonl, a progress-bar summary (postfix_fn) and a checkpoint
-    that holds `config` (architecture and hyperparameters)."""
+    that holds `config` (architecture and hyperparameters). With max_minutes, the run stops at the first
+    step past that much wall time, validated and checkpointed (run it again to go on). Returns the last step."""
+    deadline = time.time() + 60 * max_minutes if max_minutes else None
     ckpt = out / "checkpoint.pt"
     start = resume(ckpt, trained, opt, sched, rng, device, config)
     log = open(out / "log.jsonl", "a")
     if start == 0:  # where the untrained network starts, for comparison
         log.write(json.dumps({"step": 0, "val_y_psnr": validate_fn()}) + "\n")
+        log.flush()
     t0, running = time.time(), []
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc)
     for step in bar:
@@ -141,7 +144,8 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
         opt.step()
         sched.step()
         running.append(loss.item())
-        if (step + 1) % val_every == 0 or step + 1 == steps:
+        out_of_time = deadline is not None and time.time() > deadline
+        if (step + 1) % val_every == 0 or step + 1 == steps or out_of_time:
             scores = validate_fn()
             entry = {"step": step + 1, "loss": float(np.mean(running)), "lr": sched.get_last_lr()[0], "val_y_psnr": scores,
                      "elapsed_s": round(time.time() - t0, 1)}
@@ -150,7 +154,13 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
             log.flush()
             bar.set_postfix(loss=f"{entry['loss']:.4f}", **postfix_fn(scores))
             save_checkpoint(ckpt, trained, opt, sched, rng, step + 1, config)
+            if out_of_time:
+                bar.close()
+                print(f"stopped at step {step + 1} of {steps} after {max_minutes:g} minutes; the same command resumes", flush=True)
+                log.close()
+                return step + 1
     log.close()
+    return steps
 
 
 def train_base(
@@ -170,6 +180,7 @@ def train_base(
     val_every: int = 250,
     init: str | None = None,
     bank: int = 4096,
+    max_minutes: float | None = None,
 ) -> Path:
     """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
     real-source preset fine-tuned from its clean counterpart."""
@@ -206,7 +217,7 @@ def train_base(
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank}
     training_loop(out, f"train {name}", model, model.parameters(), opt, sched, rng, device, steps, val_every, config, loss_fn,
                   lambda: validate(model, val, scale, device, degrade),
-                  lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())})
+                  lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)
     weights = out / f"{name}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     return weights
@@ -309,6 +320,7 @@ def train_hypernet(
     device: str = "cpu",
     val_every: int = 250,
     init: Path | None = None,
+    max_minutes: float | None = None,
 ) -> Path:
     """Meta-train a preset's hypernet with its base model frozen. Each step: `clips` clips of `frames`
     frames of size x size HR; the hypernet reads each whole LR clip; the loss is on `targets` windows."""
@@ -356,7 +368,8 @@ def train_hypernet(
     config = {"arch": arch, "base_sha256": preset.sha256, "degradation": degradation, "clips": clips, "frames": frames,
               "size": size, "targets": targets, "lr": lr, "weight_decay": weight_decay, "seed": seed, "init": str(init) if init else None}
     training_loop(out, f"train {preset.name} hypernet", hypernet, list(hypernet.parameters()), opt, sched, rng, device, steps, val_every,
-                  config, loss_fn, lambda: validate_hypernet(hypernet, base, packed.validation, scale, device, degrade), postfix, clip_grad=1.0)
+                  config, loss_fn, lambda: validate_hypernet(hypernet, base, packed.validation, scale, device, degrade), postfix, clip_grad=1.0,
+                  max_minutes=max_minutes)
     weights = out / f"{preset.name}.hypernet.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
     return weights

@@ -175,7 +175,7 @@ def upscale(
     trt: bool = False,
     trt_cache_dir: str | None = None,
     tile: int | None = None,
-    tile_pad: int = 16,
+    tile_pad: int | None = None,
     device: str | None = None,
     backend: str | None = None,
     cuda_graphs: bool = False,
@@ -187,8 +187,9 @@ def upscale(
     auto, cpu, cuda or trt (trt=True is the same as backend="trt"; engines are cached in trt_cache_dir).
     num_streams: frames in flight at once (on a GPU, one CUDA stream each). cuda_graphs: replay the
     network as a CUDA graph (backend cuda). tile / tile_pad: process frames in tiles of tile x tile LR
-    pixels that overlap by tile_pad (for frames that do not fit in GPU memory); for the fast presets the
-    output is the same. Frame properties of each source frame are kept.
+    pixels that overlap by tile_pad (default: the network's receptive radius, 21 for the quality presets,
+    else 16), for frames that do not fit in GPU memory; for the fast and quality presets the output is the
+    same. Frame properties of each source frame are kept.
     """
     import numpy as np
 

@@ -47,6 +47,7 @@ class SPAN(nn.Module):
         if blocks < 1:
             raise ValueError("blocks must be at least 1")
         self.scale, self.window = scale, window
+        self.receptive_radius = 3 * blocks + 3  # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         if window == 1:
             self.conv_1 = conv3x3(3, channels)

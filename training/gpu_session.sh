@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The prepared run for a lent GPU (one `device` call, at most 9 minutes): fine-tune the quality presets
+# longer and with bigger batches than a CPU can, run the cuda backend's tests and `bench speed --backend
+# cuda`, and leave weights, logs and tables in $OUT. The device machine has torch, numpy, safetensors, tqdm
+# and pytest but no VapourSynth and no network; the repository (a 64 MiB tree) travels with `.gpu/`.
+#
+#   bash training/gpu_session.sh prepare     here, once: .gpu/ gets a small training pack and the wheels the device lacks
+#   device run: command "bash training/gpu_session.sh run", carry [".gpu"], timeout_s 580
+#   bash training/gpu_session.sh rehearse    here: the same steps at toy size on the CPU, so the real run works first time
+#
+# Each preset is trained with --install on the device's copy of the tree, so its card records the GPU, the
+# steps made and the command; $OUT brings back the card and the weights: copy both into presets/ here,
+# re-run the benchmarks for the cards' scores, and commit them with the logs' numbers.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-}
+GPU=.gpu
+PRESETS=(quality-x2 quality-x4)
+
+case "$MODE" in
+prepare)
+  mkdir -p "$GPU"
+  grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
+  # K=2: about 30 MB, so the pack, the wheels and the repository fit the 64 MiB that travels
+  [ -f "$GPU/pack.npz" ] || .venv/bin/hypersr data pack --crops-per-sqrt-mpx 2 --out "$GPU/pack.npz" || exit 1
+  python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$GPU/wheels" "vapoursynth==$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("vapoursynth"))')" || exit 1
+  du -sh "$GPU"; exit 0 ;;
+run)
+  OUT=${OUT:?run it through the device tool, which sets OUT}
+  DEVICE=cuda; MINUTES=3.3; STEPS=(4000 3000); BATCH=32; VAL=500; SIZE=; TESTS=(-k cuda)
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$GPU"/wheels/*.whl || exit 1
+  PYTHONPATH_EXTRA=/tmp/site ;;
+rehearse)  # in a copy of the tree, so that --install touches nothing here
+  OUT=${OUT:-/tmp/hypersr-gpu-rehearsal}; rm -rf "$OUT"; mkdir -p "$OUT"
+  DEVICE=cpu; MINUTES=1; STEPS=(4 4); BATCH=2; VAL=2; SIZE=(--size 64x36 --frames 1); TESTS=(-k "cuda or auto_picks")
+  PYTHONPATH_EXTRA=; PYTHON=$PWD/.venv/bin/python
+  TREE=$(mktemp -d); git ls-files -z | xargs -0 cp --parents -t "$TREE"; ln -s "$PWD/$GPU" "$TREE/$GPU"; cd "$TREE" ;;
+*)
+  echo "usage: bash training/gpu_session.sh prepare|run|rehearse" >&2; exit 2 ;;
+esac
+
+# The repository root is the package `hypersr`: a link named so makes it importable without installing.
+mkdir -p /tmp/hypersr-pkg && ln -sfn "$PWD" /tmp/hypersr-pkg/hypersr
+export PYTHONPATH=/tmp/hypersr-pkg${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} PYTHONUNBUFFERED=1 HYPERSR_TESTS_WITHOUT_FFMPEG=1
+PY=${PYTHON:-python3}
+hsr() { "$PY" -c 'import sys; from hypersr.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+
+LOG=$OUT/session.txt  # at most 8 files come back: one log, and per preset its card, weights and training log
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; "$PY" -c 'import torch; print("torch", torch.__version__)'; } \
+  | tee "$LOG"
+for i in "${!PRESETS[@]}"; do
+  p=${PRESETS[$i]}
+  hsr train base --preset "$p" --init "$p" --pack "$GPU/pack.npz" --device "$DEVICE" --steps "${STEPS[$i]}" --batch "$BATCH" \
+      --val-every "$VAL" --max-minutes "$MINUTES" --out "/tmp/runs/$p" --install 2>&1 | tr '\r' '\n' | grep -v '^\s*$' | tail -n 5 | tee -a "$LOG"
+  cp "presets/$p.json" "presets/$p.safetensors" "$OUT/" && cp "/tmp/runs/$p/log.jsonl" "$OUT/$p.log.jsonl"
+done
+"$PY" -m pytest -q -p no:cacheprovider tests/test_backends.py "${TESTS[@]}" 2>&1 | tail -n 15 | tee -a "$LOG"
+BENCH=(); for p in fast-x2 "${PRESETS[@]}"; do BENCH+=(--preset "$p"); done
+hsr bench speed --backend "$DEVICE" "${BENCH[@]}" ${SIZE[@]+"${SIZE[@]}"} 2>&1 | tee -a "$LOG"
+ls -la "$OUT"
