@@ -26,7 +26,7 @@ def cmd_train_base(args) -> None:
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     hp = dict(preset.card["training"]["hyperparameters"])
-    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init"):
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     check_training_side("--patch", hp["patch"], preset)
@@ -579,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
     tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
     tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
     tb.add_argument("--init", metavar="PRESET", help="start from this preset's weights (same architecture), e.g. to fine-tune on a new pack")
+    tb.add_argument("--trainable", action="append", metavar="PREFIX",
+                    help="train only the parameters whose names start so (repeatable, e.g. --trainable fuse); the rest stay as --init made them")
     tb.add_argument("--steps", type=at_least(1))
     tb.add_argument("--batch", type=at_least(1))
     tb.add_argument("--patch", type=at_least(1),

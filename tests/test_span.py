@@ -120,12 +120,13 @@ def test_damaged_or_foreign_files_are_one_line(tmp_path):
         read_span(tmp_path / "x.param", tmp_path / "m.bin")
 
 
-def test_window_starts_as_the_single_frame_network():
+@pytest.mark.parametrize("fuse_kernel", [1, 3])
+def test_window_starts_as_the_single_frame_network(fuse_kernel):
     torch.manual_seed(0)
-    single = build_model({"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2})
     arch = {"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2}
-    windowed = build_model({**arch, "window": 3})
-    windowed.load_state_dict(for_window(arch, single.state_dict(), 3))
+    single = build_model(arch)
+    windowed = build_model({**arch, "window": 3, "fuse_kernel": fuse_kernel})
+    windowed.load_state_dict(for_window({**arch, "window": 3, "fuse_kernel": fuse_kernel}, single.state_dict()))
     frames = torch.rand(2, 3, 3, 20, 24)
     with torch.no_grad():
         expect = single(frames[:, 1:2])

@@ -220,13 +220,13 @@ def check_against_ncnn(param: str, weights: bytes, arch: dict, state: dict, tile
     return worst
 
 
-def for_window(arch: dict, state: dict[str, torch.Tensor], window: int) -> dict[str, torch.Tensor]:
-    """The single-frame weights as a window network's: the same per-frame conv, and the fusion that passes
-    the centre frame through (as the network initialises it)."""
-    model = build_model({**arch, "window": window})
+def for_window(arch: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Single-frame weights as those of the network `arch` (a window, its fusion): the same per-frame conv,
+    and the fusion that passes the centre frame through (as the network initialises it)."""
+    model = build_model(arch)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("fuse.") for k in missing):
-        raise HypersrError(f"these weights do not fit a window-{window} SPAN (missing {missing[:3]}, unknown {unexpected[:3]})")
+        raise HypersrError(f"these weights do not fit the network {arch} (missing {missing[:3]}, unknown {unexpected[:3]})")
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -244,19 +244,21 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
         check_output(out)
     param, weights, provenance = official_files(model, source)
     arch, state = _read_span(param, weights, f"{model}.param", f"{model}.bin")
-    window = 1
+    target = arch
     if preset is not None:
         want = preset.card["architecture"]
         if want.get("type") != "span" or any(want.get(k) != arch[k] for k in ("scale", "channels", "blocks")):
             raise HypersrError(f"{model} is SPAN x{arch['scale']} with {arch['channels']} channels and {arch['blocks']} blocks; preset "
                                f"{preset.name} is {want.get('type')} x{want.get('scale')} with {want.get('channels')} channels and "
                                f"{want.get('blocks')} blocks: pick the matching model")
-        window = preset.window
+        target = want
     provenance["ncnn_max_abs_diff"] = check_against_ncnn(param, weights, arch, state)
-    tensors = for_window(arch, state, window)
+    tensors = for_window(target, state)
     out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
+    # The official convolution weights are fp16: kept so, exactly (half the file); biases and fusion stay fp32.
+    tensors = {k: v.half() if v.dim() == 4 and torch.equal(v.half().float(), v) else v for k, v in tensors.items()}
     atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
     if install:
         preset_registry.install_weights(preset, out, {"init": f"imported from {PACKAGE} {provenance['version']} {model}"})

@@ -180,10 +180,12 @@ def train_base(
     val_every: int = 250,
     init: str | None = None,
     bank: int = 4096,
+    trainable: list[str] | None = None,
     max_minutes: float | None = None,
 ) -> Path:
     """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
-    real-source preset fine-tuned from its clean counterpart."""
+    real-source preset fine-tuned from its clean counterpart. trainable: the names of the parameters to
+    train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch)
     out.mkdir(parents=True, exist_ok=True)
@@ -201,7 +203,12 @@ def train_base(
         from ..engine import preset_registry
 
         model.load_state_dict(preset_registry.load_model(init).state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    params = [p for n, p in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))]
+    if not params:
+        raise HypersrError(f"no parameter of the network starts with {', '.join(trainable)}")
+    for p in model.parameters():
+        p.requires_grad_(any(p is q for q in params))
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     sched = cosine_schedule(opt, steps)
     windows = DegradedBank(sampler, degrade, scale, bank, seed) if degrade.name == "real" else None
 
@@ -214,8 +221,8 @@ def train_base(
         return charbonnier(model(lr_in.to(device)), hr[:, window // 2].to(device))
 
     config = {"arch": arch, "degradation": degradation, "batch": batch, "patch": patch, "lr": lr,  # steps may grow on resume
-              "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank}
-    training_loop(out, f"train {name}", model, model.parameters(), opt, sched, rng, device, steps, val_every, config, loss_fn,
+              "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}
+    training_loop(out, f"train {name}", model, params, opt, sched, rng, device, steps, val_every, config, loss_fn,
                   lambda: validate(model, val, scale, device, degrade),
                   lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)
     weights = out / f"{name}.safetensors"

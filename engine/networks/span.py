@@ -7,8 +7,8 @@ Network (Wan et al., CVPR-W 2024), in its deployed form (the reparameterised 3x3
     out = upsampler(conv_cat([f, conv_2(b_6), b_1, a_6]))   a_6: block 6's first SiLU; 1x1 fusion;
                                                              3x3 conv to 3*s*s, pixel shuffle
 
-The window: conv_1 runs on every frame of the window (shared weights) and a 1x1 `fuse` mixes the
-frames' features into f. `fuse` starts as the identity on the centre frame and zero elsewhere, so an
+The window: conv_1 runs on every frame of the window (shared weights) and `fuse` (1x1, or 3x3 to follow
+motion of a pixel) mixes the frames' features into f. `fuse` starts as the identity on the centre frame and zero elsewhere, so an
 imported network *is* the single-frame SPAN and training learns what the neighbours add.
 """
 
@@ -40,25 +40,28 @@ class SPAB(nn.Module):
 
 @register("span")
 class SPAN(nn.Module):
-    def __init__(self, scale: int = 2, window: int = 1, channels: int = 48, blocks: int = 6):
+    def __init__(self, scale: int = 2, window: int = 1, channels: int = 48, blocks: int = 6, fuse_kernel: int = 1):
         super().__init__()
         if window % 2 != 1:
             raise ValueError("window must be odd (2k+1 frames)")
         if blocks < 1:
             raise ValueError("blocks must be at least 1")
+        if fuse_kernel not in (1, 3):
+            raise ValueError("fuse_kernel must be 1 or 3")
         self.scale, self.window = scale, window
-        self.receptive_radius = 3 * blocks + 3  # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
+        # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
+        self.receptive_radius = 3 * blocks + 3 + (fuse_kernel // 2 if window > 1 else 0)
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         if window == 1:
             self.conv_1 = conv3x3(3, channels)
         else:
             self.conv_1 = SharedFrameConv(3, channels, window)
-            self.fuse = LoRAConv2d(channels * window, channels, 1)
-            with torch.no_grad():  # pass the centre frame's features through
+            self.fuse = LoRAConv2d(channels * window, channels, fuse_kernel, padding=fuse_kernel // 2)
+            with torch.no_grad():  # pass the centre frame's features through (the kernel's centre tap)
                 self.fuse.weight.zero_()
                 self.fuse.bias.zero_()
-                c = window // 2
-                self.fuse.weight[:, c * channels : (c + 1) * channels, 0, 0] = torch.eye(channels)
+                c, k = window // 2, fuse_kernel // 2
+                self.fuse.weight[:, c * channels : (c + 1) * channels, k, k] = torch.eye(channels)
         self.blocks = nn.ModuleList(SPAB(channels) for _ in range(blocks))
         self.conv_2 = conv3x3(channels, channels)
         self.conv_cat = LoRAConv2d(channels * 4, channels, 1)
