@@ -26,7 +26,7 @@ def cmd_train_base(args) -> None:
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     hp = dict(preset.card["training"]["hyperparameters"])
-    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable"):
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     check_training_side("--patch", hp["patch"], preset)
@@ -131,7 +131,7 @@ def cmd_train_blend(args) -> None:
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
-    clean = preset_registry.get(args.clean)
+    clean = preset_registry.get(args.clean or preset.card["training"]["hyperparameters"].get("init") or "fast-x2")
     if "weights" not in (preset.card.get("hypernet") or {}):
         raise HypersrError(f"preset {preset.name} has no trained hypernet to add a clean blend to; "
                            f"`hypersr train hypernet --preset {preset.name}` first")
@@ -587,6 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="HR side of the training windows: a multiple of the scale, at least the preset's minimum frame size times it")
     tb.add_argument("--lr", type=float)
     tb.add_argument("--seed", type=int)
+    tb.add_argument("--bank", type=at_least(16), help="real-source presets: degraded training windows made at the start (default: the card's)")
     tb.add_argument("--val-every", type=at_least(1), help="steps between validations and checkpoints (default 250)")
     tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
     tb.set_defaults(func=cmd_train_base)
@@ -602,7 +603,7 @@ def build_parser() -> argparse.ArgumentParser:
     th.set_defaults(func=cmd_train_hypernet)
     tl = training_parser(train, "blend", "fit how far each clip's LoRA moves a real-source preset toward its clean twin",
                          "runs/PRESET-blend")
-    tl.add_argument("--clean", default="fast-x2", metavar="PRESET", help="the same network trained on clean input (default %(default)s)")
+    tl.add_argument("--clean", metavar="PRESET", help="the same network trained on clean input (default: the preset it was fine-tuned from)")
     tl.add_argument("--clips", type=int, default=600, help="sampled training clips to fit on (default %(default)s)")
     tl.add_argument("--seed", type=int, default=0)
     tl.add_argument("--install", action="store_true", help="copy the hypernet into presets/ and record the blend in the card")

@@ -20,10 +20,10 @@ from hypersr.training.blend import GRID, fit_head, moves, psnr_at
 
 @pytest.fixture(scope="module")
 def pair():
-    """real-x2's base, fast-x2 (its clean twin: same network) and a hypernet with a blend toward it."""
+    """real-x2's base, its clean twin (the same network trained on clean input) and a hypernet with a blend toward it."""
     real = preset_registry.get("real-x2")
     base = preset_registry.load_model(real)
-    clean = preset_registry.load_model("fast-x2")
+    clean = preset_registry.load_model(real.card["training"]["hyperparameters"]["init"])  # the preset it was fine-tuned from
     arch = {**real.card["hypernet"]["architecture"], "blend": True}
     hypernet = build_hypernet(base, arch).eval()
     hypernet.blend.set_moves(moves(base, clean))
@@ -58,7 +58,7 @@ def test_a_blended_lora_is_an_ordinary_lora_file(pair, tmp_path):
     lora = LoRA(real.name, real.sha256, real.scale, hypernet.lora_rank, factors)
     save_lora(lora, tmp_path / "c.lora")
     back = load_lora(tmp_path / "c.lora")
-    assert back.rank == hypernet.rank + 32
+    assert back.rank == hypernet.rank + max(layer.out_channels for layer in lora_layers(base).values())  # the move: exact, full rank
     a = merged_weights(real, factors)
     b = {n: w for n, w in merged_weights(real, back.factors).items()}
     for name in a:

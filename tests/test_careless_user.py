@@ -441,9 +441,13 @@ def test_training_sides_larger_than_the_packs_scenes_are_refused(tmp_path):
     from test_training import tiny_pack  # scenes of 192 pixels
 
     pack = tiny_pack(tmp_path / "pack.npz")
-    for what, option in (("base", "--patch"), ("hypernet", "--size")):
-        proc = run_hypersr("train", what, option, "256", "--steps", "1", "--pack", pack, "--out", tmp_path / "run")
-        assert_clean_error(proc, f"{option} 256", "larger than the training pack's scenes (192 pixels)")
+    # 128 is smaller than the scenes, but not with room for the camera to move (a ValueError deep in the sampler, once)
+    for what, option, side, frames in (("base", "--patch", 256, 3), ("hypernet", "--size", 256, 6), ("hypernet", "--size", 128, 6)):
+        proc = run_hypersr("train", what, option, str(side), "--steps", "1", "--pack", pack, "--out", tmp_path / "run")
+        line = assert_clean_error(proc, f"{option} {side}", f"{frames} frames", "the training pack's are 192", f"give {option}")
+        fits = int(line.split(f"give {option} ")[1].split()[0])
+        proc = run_hypersr("train", what, option, str(fits), "--steps", "1", "--pack", pack, "--out", tmp_path / f"ok-{what}-{side}")
+        assert proc.returncode == 0, proc.stderr.decode()  # and the side it suggests does fit
         assert not (tmp_path / "run").exists()
 
 

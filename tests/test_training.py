@@ -97,7 +97,7 @@ def test_train_hypernet_refuses_an_init_it_cannot_start_from(tmp_path):
     junk.write_text("not weights")
     for init, words in ((junk, ("is not a hypernet",)), ("presets/fast-x4.hypernet.safetensors", ("does not fit",)),
                         (tmp_path / "missing.safetensors", ("does not exist",))):
-        proc = run_hypersr("train", "hypernet", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
+        proc = run_hypersr("train", "hypernet", "--preset", "fast-x2", "--pack", pack, "--size", "64", "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()  # nothing half-made
 

@@ -196,6 +196,15 @@ def _detail(crop: np.ndarray) -> float:
     return float(np.abs(np.diff(crop[..., 1].astype(np.int16), axis=0)).mean()) / 255
 
 
+def camera_view(patch: int, window: int, max_speed: float = 4.0) -> tuple[float, int]:
+    """(reach, view) of the simulated camera: how far from its centre a window of `window` frames of
+    `patch` pixels can look (pan + zoom/rotation at the corners), and the side of the region it sees.
+    A scene must be larger than the view (by 4 pixels) for the camera to move in it."""
+    k = window // 2
+    reach = patch / 2 + max_speed * k + 0.06 * patch * k + 2
+    return reach, int(np.ceil(2 * reach)) + 2
+
+
 @dataclass
 class WindowSampler:
     """Random HR training windows [N, T, 3, P, P] in [0, 1]: a simulated camera (training.clips: pan,
@@ -232,8 +241,7 @@ class WindowSampler:
         from .clips import random_camera, render, shrink
 
         p, k = self.patch, self.window // 2
-        reach = p / 2 + self.max_speed * k + 0.06 * p * k + 2  # pan + zoom/rotation at the corners
-        view = int(np.ceil(2 * reach)) + 2  # side of the region the camera can see, after shrinking
+        reach, view = camera_view(p, self.window, self.max_speed)
         side = self.scenes.shape[1]
         for _ in range(self.detail_tries):
             scene = self.scenes[rng.integers(len(self.scenes))]

@@ -50,11 +50,13 @@ def validation_inputs(clips: dict[str, torch.Tensor], scale: int, degrade: Train
     return out
 
 
-def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade: TrainingDegradation | None = None) -> dict[str, float]:
+def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade: TrainingDegradation | None = None,
+             inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> dict[str, float]:
+    """Y-PSNR per validation input; `inputs` (validation_inputs' result) saves degrading the clips again."""
     model.eval()
     scores = {}
     with torch.inference_mode():
-        for name, (hr, lr) in validation_inputs(clips, scale, degrade or TrainingDegradation("bi")).items():
+        for name, (hr, lr) in (inputs or validation_inputs(clips, scale, degrade or TrainingDegradation("bi"))).items():
             sr = data.quantise(upscale_clip(model, lr.to(device))).cpu()
             scores[name] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
     model.train()
@@ -83,10 +85,15 @@ class DegradedBank:
         return hr, lr
 
 
-def check_fits(packed: data.Pack, option: str, side: int) -> None:
-    """An HR training side no larger than the pack's scenes, before the run folder is made."""
-    if side > packed.scenes.shape[1]:
-        raise HypersrError(f"{option} {side} is larger than the training pack's scenes ({packed.scenes.shape[1]} pixels); give a smaller one")
+def check_fits(packed: data.Pack, option: str, side: int, frames: int) -> None:
+    """An HR training side whose moving camera fits in the pack's scenes, before the run folder is made."""
+    view = data.camera_view(side, frames)[1]
+    scenes = packed.scenes.shape[1]
+    if view + 4 > scenes:
+        fits = max((s for s in range(8, scenes, 8) if data.camera_view(s, frames)[1] + 4 <= scenes), default=None)
+        hint = f"give {option} {fits} or less" if fits else "make a pack with larger crops"
+        raise HypersrError(f"{option} {side}: a camera moving over {frames} frames of it needs scenes of {view + 4} pixels, "
+                           f"and the training pack's are {scenes}; {hint}")
 
 
 def cosine_schedule(opt, steps: int):
@@ -126,7 +133,6 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
     `val_every` steps validate_fn() into out/log.jsonl, a progress-bar summary (postfix_fn) and a checkpoint
     that holds `config` (architecture and hyperparameters). With max_minutes, the run stops at the first
     step past that much wall time, validated and checkpointed (run it again to go on). Returns the last step."""
-    deadline = time.time() + 60 * max_minutes if max_minutes else None
     ckpt = out / "checkpoint.pt"
     start = resume(ckpt, trained, opt, sched, rng, device, config)
     log = open(out / "log.jsonl", "a")
@@ -134,6 +140,7 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
         log.write(json.dumps({"step": 0, "val_y_psnr": validate_fn()}) + "\n")
         log.flush()
     t0, running = time.time(), []
+    deadline = t0 + 60 * max_minutes if max_minutes else None  # the steps' time, after any step-0 validation
     bar = tqdm(range(start, steps), initial=start, total=steps, desc=desc)
     for step in bar:
         loss = loss_fn()
@@ -187,7 +194,7 @@ def train_base(
     real-source preset fine-tuned from its clean counterpart. trainable: the names of the parameters to
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
-    check_fits(packed, "--patch", patch)
+    check_fits(packed, "--patch", patch, arch["window"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
@@ -197,6 +204,7 @@ def train_base(
     sampler = data.WindowSampler(packed.scenes, packed.clips, window, patch)
     degrade = TrainingDegradation(degradation)
     val = packed.validation
+    val_inputs = validation_inputs(val, scale, degrade)  # once: a real chain runs an encoder over every clip
 
     model = build_model(arch).to(device)
     if init:
@@ -223,7 +231,7 @@ def train_base(
     config = {"arch": arch, "degradation": degradation, "batch": batch, "patch": patch, "lr": lr,  # steps may grow on resume
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}
     training_loop(out, f"train {name}", model, params, opt, sched, rng, device, steps, val_every, config, loss_fn,
-                  lambda: validate(model, val, scale, device, degrade),
+                  lambda: validate(model, val, scale, device, inputs=val_inputs),
                   lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)
     weights = out / f"{name}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
@@ -252,14 +260,15 @@ def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int
     return loss
 
 
-def validate_hypernet(hypernet, base, clips: dict[str, torch.Tensor], scale: int, device, degrade) -> dict[str, dict[str, float]]:
-    """Y-PSNR of base alone and base + the hypernet's LoRA for each (subsampled) validation clip."""
+def validate_hypernet(hypernet, base, inputs: dict[str, tuple[torch.Tensor, torch.Tensor]], device) -> dict[str, dict[str, float]]:
+    """Y-PSNR of base alone and base + the hypernet's LoRA for each (subsampled) validation clip: `inputs`
+    is validation_inputs' {name: (HR, LR)}."""
     from ..engine.lora import lora_applied
 
     hypernet.eval()
     scores, deltas, tokens = {}, [], []
     with torch.inference_mode():
-        for name, (hr, lr) in validation_inputs(clips, scale, degrade).items():
+        for name, (hr, lr) in inputs.items():
             lr = lr.to(device)
             summary = hypernet.summarise(lr, base)
             tokens.append(summary.moment1 / summary.count)
@@ -338,7 +347,7 @@ def train_hypernet(
     rng = np.random.default_rng(seed)
     scale = preset.scale
     packed = data.load_pack(pack)
-    check_fits(packed, "--size", size)
+    check_fits(packed, "--size", size, frames)
     sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size)
     degrade = TrainingDegradation(degradation)
     base = preset_registry.load_model(preset, device=device)
@@ -358,6 +367,7 @@ def train_hypernet(
     sched = cosine_schedule(opt, steps)
     if not (out / "checkpoint.pt").exists():
         calibrate_standardiser(hypernet, base, sampler, rng, scale, degrade, device)
+    val_inputs = validation_inputs(packed.validation, scale, degrade)  # once: a real chain runs an encoder over every clip
 
     def loss_fn():
         loss = 0.0
@@ -375,7 +385,7 @@ def train_hypernet(
     config = {"arch": arch, "base_sha256": preset.sha256, "degradation": degradation, "clips": clips, "frames": frames,
               "size": size, "targets": targets, "lr": lr, "weight_decay": weight_decay, "seed": seed, "init": str(init) if init else None}
     training_loop(out, f"train {preset.name} hypernet", hypernet, list(hypernet.parameters()), opt, sched, rng, device, steps, val_every,
-                  config, loss_fn, lambda: validate_hypernet(hypernet, base, packed.validation, scale, device, degrade), postfix, clip_grad=1.0,
+                  config, loss_fn, lambda: validate_hypernet(hypernet, base, val_inputs, device), postfix, clip_grad=1.0,
                   max_minutes=max_minutes)
     weights = out / f"{preset.name}.hypernet.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}, str(weights))
