@@ -239,9 +239,10 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     preset = preset_registry.get(preset_name) if preset_name else None
     if install and preset is None:
         raise HypersrError("--install needs --preset: the preset whose weights these become")
-    out = out or Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
-    if out.parent.is_dir():
-        check_output(out)
+    if out is None:  # the default folder is made; one the user names must exist
+        out = Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
+        out.parent.mkdir(parents=True, exist_ok=True)
+    check_output(out)
     param, weights, provenance = official_files(model, source)
     arch, state = _read_span(param, weights, f"{model}.param", f"{model}.bin")
     target = arch
@@ -254,7 +255,6 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
         target = want
     provenance["ncnn_max_abs_diff"] = check_against_ncnn(param, weights, arch, state)
     tensors = for_window(target, state)
-    out.parent.mkdir(parents=True, exist_ok=True)
     from safetensors.torch import save_file
 
     # The official convolution weights are fp16: kept so, exactly (half the file); biases and fusion stay fp32.
