@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from helpers import assert_clean_error, run_hypersr
+from helpers import assert_clean_error, ffmpeg_y4m, probe, run_hypersr
 from safetensors.torch import load_file
 
 from hypersr.engine.errors import HypersrError
@@ -156,3 +156,17 @@ def test_import_command(tmp_path):
     assert not (tmp_path / "q.safetensors").exists()
     assert_clean_error(run_hypersr("data", "import-span", "--model", "4xSPANkendata", "--source", tmp_path), "official", "licence")
     assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path / "nothing"), "no spanx2_ch48.param")
+
+
+@pytest.mark.parametrize("preset", ["quality-x2", "real-x2", "quality-x4"])
+def test_both_passes_run_for_the_span_presets(tmp_path, preset):
+    """The SPAN presets through the commands users run: pass one writes a LoRA for the preset, pass two
+    upscales with it at the preset's scale, and the result is a y4m FFmpeg reads."""
+    src = ffmpeg_y4m(tmp_path / "in.y4m", size="64x48", frames=3)
+    proc = run_hypersr("analyse", src, "-o", tmp_path / "clip.lora", "--preset", preset, "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    proc = run_hypersr("upscale", src, "-o", tmp_path / "out.y4m", "--preset", preset, "--lora", tmp_path / "clip.lora", "-q")
+    assert proc.returncode == 0, proc.stderr.decode()
+    scale = int(preset[-1])
+    [video] = probe(tmp_path / "out.y4m")
+    assert (video["width"], video["height"], video["frames"]) == (64 * scale, 48 * scale, 3)
