@@ -69,6 +69,9 @@ def test_resume_continues_a_run_and_refuses_another(tmp_path):
     assert [e["step"] for e in log] == [0, 2, 4, 6]
     with pytest.raises(HypersrError, match="other settings .*lr"):
         train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=8, batch=2, patch=32, lr=5e-4, val_every=2)
+    with pytest.raises(HypersrError, match="--trainable nope: .*conv_1"):  # before any run folder is made
+        train_base(arch, "tiny", tmp_path, tmp_path / "other", pack, steps=2, batch=2, patch=32, trainable=["nope"])
+    assert not (tmp_path / "other").exists()
 
 
 def test_bench_runs_scores_a_finished_run(tmp_path):

@@ -195,6 +195,9 @@ def train_base(
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch, arch["window"])
+    if trainable and not any(n.startswith(tuple(trainable)) for n, _ in build_model(arch).named_parameters()):
+        raise HypersrError(f"--trainable {' '.join(trainable)}: no parameter of the network is named so; "
+                           f"its names start with {', '.join(sorted({n.split('.')[0] for n, _ in build_model(arch).named_parameters()}))}")
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
@@ -212,8 +215,6 @@ def train_base(
 
         model.load_state_dict(preset_registry.load_model(init).state_dict())
     params = [p for n, p in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))]
-    if not params:
-        raise HypersrError(f"no parameter of the network starts with {', '.join(trainable)}")
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
