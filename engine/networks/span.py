@@ -73,10 +73,10 @@ class SPAN(nn.Module):
         f = self.conv_1(x)
         if self.window > 1:
             f = self.fuse(f)
-        b, a = f, None
-        first = None
+        b, first, a = f, None, None
         for block in self.blocks:
             b, a = block(b)
-            first = b if first is None else first
+            if first is None:
+                first = b
         out = self.conv_cat(torch.cat([f, self.conv_2(b), first, a], 1))
         return F.pixel_shuffle(self.upsampler(out), self.scale)
