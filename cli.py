@@ -418,9 +418,20 @@ def training_parser(train, name: str, text: str, default_out: str) -> argparse.A
     t.add_argument("--out", help=f"run directory (checkpoints, log); default {default_out}")
     t.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
     t.add_argument("--device", default="cpu")
-    t.add_argument("--max-minutes", type=float, metavar="M", help="stop after about M minutes, validated and checkpointed "
+    t.add_argument("--max-minutes", type=positive_minutes, metavar="M", help="stop after about M minutes, validated and checkpointed "
                    "(the same command resumes; --install installs what it has, its card saying how many steps)")
     return t
+
+
+def positive_minutes(text: str) -> float:
+    """An argparse type for --max-minutes: a positive, finite number of minutes."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, not {text}")
+    return value
 
 
 def at_least(least: int):
