@@ -31,14 +31,6 @@ from .job import Entry, Job, expand_inputs
 SEGMENT_FRAMES = 300  # frames per pass-two segment (pass one uses one segment per worker)
 
 
-def _open_rgb(path: str):
-    from ..ffmpeg_filter.pipe import open_input
-    from ..vsplugin.io import to_rgb
-
-    source = open_input(path)
-    return source, to_rgb(source.clip, "RGBS", source.matrix)
-
-
 def merge_segments(segments, preset: str, device: str | None):
     """Reduce: the segments' summaries in order -> the clip's LoRA."""
     from ..engine.analyse import Analyser
@@ -64,21 +56,18 @@ class Worker:
 
     def analyse_segment(self, path: str, first: int, last: int):
         """Map: pass one over frames first..last-1 of a file."""
-        from ..engine.analyse import Analyser
-        from ..vsplugin import _frame_array
+        from ..ffmpeg_filter.source import open_input
+        from ..vsplugin.passes import analyse_segment
 
-        _, rgb = _open_rgb(path)
-        analyser = Analyser(self.preset, device=self.device, first_index=first)
-        for i in range(first, last):
-            analyser.update(_frame_array(rgb.get_frame(i)))
-        return analyser.segment()
+        return analyse_segment(open_input(path).rgb(), self.preset, self.device, first, last)
 
     def upscale_segment(self, path: str, lora, first: int, last: int, target: str, ffmpeg: str) -> str:
-        from ..ffmpeg_filter.pipe import output_clip, write_y4m
-        from ..vsplugin import upscale
+        from ..engine.backends import backend_from_names
+        from ..ffmpeg_filter.sink import write_y4m
+        from ..ffmpeg_filter.source import open_input, upscale_source
 
-        source, rgb = _open_rgb(path)
-        out = output_clip(source, upscale(rgb, lora=lora, preset=self.preset, device=self.device))[first:last]
+        source = open_input(path)
+        out = upscale_source(source, self.preset, lora, backend_from_names(None, self.device))[first:last]
         run_ffmpeg(segment_command(ffmpeg, partial_path(Path(target))), Path(target),
                    feed=lambda stdin: write_y4m(out, source.header, stdin, last - first, progress=False))
         return target
@@ -103,10 +92,10 @@ def spans(n: int, parts: int) -> list[tuple[int, int]]:
 
 def process_file(ray, job: Job, entry: Entry, workers: list) -> None:
     from ..engine.lora import load_lora, save_lora
+    from ..ffmpeg_filter.source import open_input
 
     s = job.settings
-    _, rgb = _open_rgb(entry.source)
-    n = rgb.num_frames
+    n = open_input(entry.source).clip.num_frames
     if entry.state != "analysed" or not job.lora_path(entry).exists():
         t0 = time.time()
         segments = ray.get([w.analyse_segment.remote(entry.source, a, b) for w, (a, b) in zip(workers, spans(n, len(workers)))])

@@ -7,44 +7,32 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from ..engine.errors import HypersrError
 from .encode import encode_command, partial_path, run_ffmpeg
 from .job import Entry, Job, expand_inputs
 
 
 def pass_one(job: Job, entry: Entry, position: int) -> None:
-    from ..engine.analyse import analyse_frames
     from ..engine.lora import save_lora
-    from ..ffmpeg_filter.pipe import open_input
-    from ..vsplugin import read_frames
-    from ..vsplugin.io import to_rgb
+    from ..ffmpeg_filter.source import analyse_source, open_input
 
     s = job.settings
     t0 = time.time()
-    source = open_input(entry.source)
-    rgb = to_rgb(source.clip, "RGBS", source.matrix)
-    frames = read_frames(rgb, source.total, progress=True, desc=f"{Path(entry.source).name} pass one", position=position)
-    lora = analyse_frames(frames, s["preset"], s["refine"], s["device"], (rgb.width, rgb.height))
+    lora = analyse_source(open_input(entry.source), s["preset"], s["refine"], s["device"], desc=f"{Path(entry.source).name} pass one",
+                          position=position)
     save_lora(lora, job.lora_path(entry))
     entry.frames = lora.made_by["frames"]
     entry.seconds["pass_one"] = round(time.time() - t0, 2)
 
 
 def pass_two(job: Job, entry: Entry, position: int) -> None:
-    import vapoursynth as vs
-
-    from ..ffmpeg_filter.pipe import open_input, output_clip, write_y4m
-    from ..vsplugin import error_message, upscale
-    from ..vsplugin.io import to_rgb
+    from ..engine.backends import backend_from_names
+    from ..ffmpeg_filter.sink import write_y4m
+    from ..ffmpeg_filter.source import open_input, upscale_source
 
     s = job.settings
     t0 = time.time()
     source = open_input(entry.source)
-    try:
-        out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=str(job.lora_path(entry)),
-                                          preset=s["preset"], device=s["device"]))
-    except vs.Error as e:
-        raise HypersrError(error_message(e).removeprefix("hypersr.upscale: ")) from None
+    out = upscale_source(source, s["preset"], str(job.lora_path(entry)), backend_from_names(None, s["device"]))
     final = Path(entry.output)
     final.parent.mkdir(parents=True, exist_ok=True)
     desc = f"{Path(entry.source).name} pass two"

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 
 from . import preset_registry
+from .bi import bi_downscale
 from .errors import HypersrError
-from .hypernet import ClipSummary, downscale
-from .lora import LoRA, lora_applied
-from .losses import charbonnier
-from .runtime import resolve_device
+from .fitting import fit_factors
+from .hypernet import ClipSummary
+from .lora import LoRA
+from .backends import resolve_device
 
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
 REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop
@@ -181,39 +182,20 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     Every fourth window is held out; the result is the step with the lowest held-out loss (checked every
     REFINE_CHECK steps), so refining never returns a LoRA that fits the clip's own pairs worse than where
     it started, and stops following the training pairs once they stop generalising."""
-
     device = next(base.parameters()).device
-    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in factors.items()}
-    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=REFINE_LR)
     data = torch.from_numpy(windows).to(device)
     held = torch.arange(len(data)) % 4 == 3 if len(data) >= 4 else torch.zeros(len(data), dtype=torch.bool)
     train, holdout = data[~held], data[held]
     k = data.shape[1] // 2
 
-    def loss_on(batch):
-        small = downscale(batch.flatten(0, 1), scale).unflatten(0, batch.shape[:2])
-        return charbonnier(base(small), batch[:, k])
+    def pairs_of(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return bi_downscale(batch, scale), batch[:, k]
 
-    def snapshot():
-        return {n: (a.detach().clone(), b.detach().clone()) for n, (a, b) in params.items()}
+    def sample() -> tuple[torch.Tensor, torch.Tensor]:
+        batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]
+        return pairs_of(batch.flip(-1) if rng.random() < 0.5 else batch)
 
-    def held_loss() -> float:
-        with torch.no_grad():
-            return loss_on(holdout).item() if len(holdout) else -1.0
-
-    with lora_applied(base, params):  # Adam updates these very tensors in place
-        best, best_loss = snapshot(), held_loss()
-        for step in range(1, steps + 1):
-            batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]
-            if rng.random() < 0.5:
-                batch = batch.flip(-1)
-            loss = loss_on(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if (step % REFINE_CHECK == 0 or step == steps) and ((current := held_loss()) < best_loss or not len(holdout)):
-                best, best_loss = snapshot(), current
-    return best
+    return fit_factors(base, factors, sample, steps, REFINE_LR, pairs_of(holdout) if len(holdout) else None, REFINE_CHECK)
 
 
 def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None,

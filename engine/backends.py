@@ -1,26 +1,30 @@
-"""Pass two's backends: the same network (LoRA merged), run three ways.
+"""Pass two's backends: the same network (LoRA merged), run three ways, each chosen by an options object
+that carries its own settings (the way vs-mlrt's Backend.TRT(...) does):
 
-    cpu   PyTorch fp32, channels_last, inference mode.
-    cuda  PyTorch fp16 on an NVIDIA GPU, channels_last; each concurrent caller has its own CUDA stream and
-          pinned host buffers, so one frame's copies overlap another's compute; optional CUDA graphs.
-    trt   Torch-TensorRT (dynamo): an fp16 engine with a dynamic-shape profile, cached on disk under a key
-          of everything that changes an engine. The engine is built refittable from the base weights, so a
-          clip's LoRA refits it instead of rebuilding it.
+    Backend.CPU(num_streams=1)                                   PyTorch fp32, channels_last, inference mode.
+    Backend.CUDA(device_index=0, num_streams=1, cuda_graphs=False)
+                 PyTorch fp16 on an NVIDIA GPU, channels_last; each stream (a concurrent caller) has its own
+                 CUDA stream and pinned host buffers, so one frame's copies overlap another's compute.
+    Backend.TRT(device_index=0, num_streams=1, cache_dir=None)
+                 Torch-TensorRT (dynamo): an fp16 engine with a dynamic-shape profile, cached on disk under a
+                 key of everything that changes an engine. The engine is built refittable from the base
+                 weights, so a clip's LoRA refits it instead of rebuilding it.
 
-`auto` is cuda when torch sees a GPU, else cpu (trt is chosen explicitly: its first build takes minutes).
-The Upscaler (runtime.py) owns one backend and the thread-safety and tiling around it.
+No backend given: CUDA when torch sees a GPU, else CPU (TRT is chosen explicitly: its first build takes
+minutes). The Upscaler (runtime.py) owns one runner and the thread-safety, frame cache and tiling around it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -32,28 +36,81 @@ BACKENDS = ("cpu", "cuda", "trt")
 TRT_INSTALL = "pip install 'hypersr[trt]'"
 
 
-class Backend(Protocol):
-    """What the Upscaler asks of a backend. A slot is one concurrent caller's own state (on a GPU: its CUDA
-    stream and pinned buffers); the Upscaler hands each caller a slot of its own for the whole frame."""
+def _whole(value, name: str, least: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least:
+        raise HypersrError(f"{name} must be a whole number, at least {least}, not {value!r}")
+    return int(value)
 
-    model: torch.nn.Module  # the network as this backend runs it (LoRA merged)
-    device: torch.device
-    dtype: torch.dtype
 
-    def new_slot(self) -> Any: ...
+@dataclass(frozen=True)
+class CPU:
+    num_streams: int = 1  # frames in flight at once
+    name: ClassVar[str] = "cpu"
 
-    def to_device(self, window: np.ndarray, slot: Any) -> torch.Tensor:
-        """[2k+1, 3, H, W] float32 on the host -> [1, 2k+1, 3, H, W] on the device, in the backend's dtype."""
+    def device(self) -> torch.device:
+        _whole(self.num_streams, "num_streams", 1)
+        return torch.device("cpu")
 
-    def forward(self, x: torch.Tensor, slot: Any) -> torch.Tensor:
-        """[1, 2k+1, 3, h, w] -> [1, 3, s*h, s*w] (a whole frame or one tile)."""
 
-    def to_host(self, y: torch.Tensor, slot: Any) -> np.ndarray:
-        """[1, 3, H', W'] -> [3, H', W'] float32 on the host, clamped to 0..1."""
+@dataclass(frozen=True)
+class CUDA:
+    device_index: int = 0
+    num_streams: int = 1  # frames in flight at once, one CUDA stream each
+    cuda_graphs: bool = False  # replay the network as a CUDA graph (not with tiles)
+    name: ClassVar[str] = "cuda"
+
+    def device(self) -> torch.device:
+        _whole(self.num_streams, "num_streams", 1)
+        return resolve_device(f"cuda:{_whole(self.device_index, 'device_index', 0)}")
+
+
+@dataclass(frozen=True)
+class TRT:
+    device_index: int = 0
+    num_streams: int = 1
+    cache_dir: str | None = None  # where built engines are kept (default ~/.cache/hypersr/trt)
+    name: ClassVar[str] = "trt"
+
+    def device(self) -> torch.device:
+        import_torch_tensorrt()  # its install hint first: without it, nothing else matters
+        _whole(self.num_streams, "num_streams", 1)
+        return resolve_device(f"cuda:{_whole(self.device_index, 'device_index', 0)}")
+
+
+BackendOptions = CPU | CUDA | TRT
+
+
+class Backend:
+    """The backends' options, for scripts: hsr.upscale(rgb, backend=hsr.Backend.CUDA(num_streams=2))."""
+
+    CPU, CUDA, TRT = CPU, CUDA, TRT
+
+
+def default_backend() -> BackendOptions:
+    return CUDA() if torch.cuda.is_available() else CPU()
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """`None`/auto, cpu, cuda or cuda:N as a torch device, or a one-line error that says what to use."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise HypersrError(f"unknown device {device!r}; use cpu, cuda or cuda:N (e.g. cuda:0)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise HypersrError(f"unknown device {device!r}; use cpu, cuda or cuda:N (e.g. cuda:0)")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HypersrError(f"device {device} was asked for, but torch sees no CUDA GPU here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            count = torch.cuda.device_count()
+            raise HypersrError(f"device {device}: there are only {count} CUDA GPUs (cuda:0 .. cuda:{count - 1})")
+    return dev
 
 
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The backend to run on `device` (already resolved), with a clear error for impossible choices."""
+    """The backend's name to run on `device` (already resolved), with a clear error for impossible choices."""
     if backend in (None, "auto"):
         return "cuda" if device.type == "cuda" else "cpu"
     if backend not in BACKENDS:
@@ -62,6 +119,27 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
         raise HypersrError(f"backend {backend} runs on an NVIDIA GPU, and torch sees none here (or device cpu was asked for); use backend cpu")
     if backend == "cpu" and device.type != "cpu":
         raise HypersrError(f"backend cpu cannot run on {device}; leave the device out or use backend cuda")
+    return backend
+
+
+def backend_from_names(backend: str | None, device: str | None, num_streams: int = 1) -> BackendOptions:
+    """The options the command line's --backend (auto, cpu, cuda, trt) and --device (cpu, cuda, cuda:N) name."""
+    if backend == "trt":
+        import_torch_tensorrt()
+    if backend in ("cuda", "trt") and device in (None, "auto"):
+        device = "cuda"
+    dev = resolve_device(device)
+    name = resolve_backend(backend, dev)
+    index = dev.index or 0
+    return {"cpu": lambda: CPU(num_streams), "cuda": lambda: CUDA(index, num_streams), "trt": lambda: TRT(index, num_streams)}[name]()
+
+
+def as_backend(backend) -> BackendOptions:
+    """`backend` as given to the runtime: None (the default) or one of the options objects."""
+    if backend is None:
+        return default_backend()
+    if not isinstance(backend, (CPU, CUDA, TRT)):
+        raise HypersrError(f"backend must be Backend.CPU(), Backend.CUDA(...) or Backend.TRT(...), not {backend!r}")
     return backend
 
 
@@ -76,7 +154,30 @@ def import_torch_tensorrt():
     return torch_tensorrt
 
 
-class CpuBackend:
+class Runner(Protocol):
+    """What the Upscaler asks of a backend's runner. A slot is one concurrent caller's own state (on a GPU:
+    its CUDA stream and pinned buffers); the Upscaler hands each caller a slot of its own for the whole frame."""
+
+    model: torch.nn.Module  # the network as this backend runs it (LoRA merged)
+    device: torch.device
+    dtype: torch.dtype
+
+    def new_slot(self) -> Any: ...
+
+    def to_device(self, frame: np.ndarray, slot: Any) -> torch.Tensor:
+        """One LR frame [3, H, W] (float32, or float16 from RGBH clips) -> on the device, in the runner's dtype."""
+
+    def stack(self, frames: list[torch.Tensor], slot: Any) -> torch.Tensor:
+        """The window's frames (from to_device) -> [1, 2k+1, 3, H, W]."""
+
+    def forward(self, x: torch.Tensor, slot: Any) -> torch.Tensor:
+        """[1, 2k+1, 3, h, w] -> [1, 3, s*h, s*w] (a whole frame or one tile)."""
+
+    def to_host(self, y: torch.Tensor, slot: Any) -> np.ndarray:
+        """[1, 3, H', W'] -> [3, H', W'] float32 on the host, clamped to 0..1."""
+
+
+class CpuRunner:
     """fp32 in channels_last, oneDNN's fast path. torch.compile is not used: it gained little and costs
     seconds of compilation per frame size (README, "Speed")."""
 
@@ -87,8 +188,11 @@ class CpuBackend:
     def new_slot(self):
         return None
 
-    def to_device(self, window: np.ndarray, slot) -> torch.Tensor:
-        return torch.from_numpy(window)[None]
+    def to_device(self, frame: np.ndarray, slot) -> torch.Tensor:
+        return torch.from_numpy(frame).float()
+
+    def stack(self, frames: list[torch.Tensor], slot) -> torch.Tensor:
+        return torch.stack(frames)[None]
 
     def forward(self, x: torch.Tensor, slot) -> torch.Tensor:
         return self.model(x)
@@ -99,15 +203,16 @@ class CpuBackend:
 
 @dataclass
 class CudaSlot:
-    """One concurrent caller's CUDA stream, pinned host buffers and captured graphs (all keyed by shape)."""
+    """One concurrent caller's CUDA stream, pinned host buffers and captured graphs (all keyed by shape).
+    A pinned input buffer is written again only once its last copy to the device has finished."""
 
     stream: torch.cuda.Stream
-    pinned_in: dict = field(default_factory=dict)
+    pinned_in: dict = field(default_factory=dict)  # (shape, dtype) -> (buffer, event of its last copy)
     pinned_out: dict = field(default_factory=dict)
     graphs: dict = field(default_factory=dict)
 
 
-class CudaBackend:
+class CudaRunner:
     def __init__(self, model: torch.nn.Module, device: torch.device, cuda_graphs: bool = False):
         self.device, self.dtype = device, torch.float16
         self.model = model.to(device, torch.float16, memory_format=torch.channels_last)
@@ -116,13 +221,25 @@ class CudaBackend:
     def new_slot(self) -> CudaSlot:
         return CudaSlot(torch.cuda.Stream(self.device))
 
-    def to_device(self, window: np.ndarray, slot: CudaSlot) -> torch.Tensor:
-        host = slot.pinned_in.get(window.shape)
-        if host is None:
-            host = slot.pinned_in[window.shape] = torch.empty(window.shape, dtype=torch.float32, pin_memory=True)
-        host.numpy()[...] = window
+    def to_device(self, frame: np.ndarray, slot: CudaSlot) -> torch.Tensor:
+        key = (frame.shape, frame.dtype.str)
+        if key not in slot.pinned_in:
+            dtype = torch.float16 if frame.dtype == np.float16 else torch.float32
+            slot.pinned_in[key] = (torch.empty(frame.shape, dtype=dtype, pin_memory=True), None)
+        host, copied = slot.pinned_in[key]
+        if copied is not None:
+            copied.synchronize()
+        host.numpy()[...] = frame  # RGBH stays half precision across the bus
         with torch.cuda.stream(slot.stream):
-            return host.to(self.device, non_blocking=True)[None].to(self.dtype)
+            on_device = host.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(slot.stream)
+            slot.pinned_in[key] = (host, event)
+            return on_device.to(self.dtype)
+
+    def stack(self, frames: list[torch.Tensor], slot: CudaSlot) -> torch.Tensor:
+        with torch.cuda.stream(slot.stream):
+            return torch.stack(frames)[None]
 
     def forward(self, x: torch.Tensor, slot: CudaSlot) -> torch.Tensor:
         with torch.cuda.stream(slot.stream):
@@ -208,7 +325,7 @@ def default_trt_cache() -> Path:
     return Path(os.environ.get("HYPERSR_CACHE") or Path.home() / ".cache" / "hypersr") / "trt"
 
 
-class TrtBackend(CudaBackend):
+class TrtRunner(CudaRunner):
     """Torch-TensorRT engine for the preset's base weights, refitted with the merged LoRA weights.
     `build_s` / `refit_s` record what the engine cost (None when it came from the cache / had no LoRA)."""
 
@@ -223,7 +340,7 @@ class TrtBackend(CudaBackend):
         profile = trt_profile(w, h, preset.min_size)
         t = preset.window
         shapes = {k: (1, t, 3, *v) for k, v in profile.items()}
-        key = trt_engine_key(preset.card["architecture"], preset.sha256, profile, "fp16", torch.cuda.get_device_name(device),
+        key = trt_engine_key(preset.card.architecture.as_dict(), preset.sha256, profile, "fp16", torch.cuda.get_device_name(device),
                              tensorrt.__version__, torch_tensorrt.__version__, torch.__version__)
         cache = EngineCache(cache_dir or default_trt_cache())
         example = torch.rand(shapes["opt"], device=device, dtype=torch.float16)

@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..engine import preset_registry
-from ..engine.errors import HypersrError
-from ..engine.files import atomic_write, check_output
+from . import preset_registry
+from .errors import HypersrError
+from .files import atomic_write, check_output
 
 
 class ChannelWindow(nn.Module):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .bi import bi_downscale
 from .lora import lora_layers
 
 
@@ -39,12 +40,6 @@ def patch_grid(h: int, w: int, patch: int, per_side: int) -> list[tuple[int, int
     ys = sorted({round(v) for v in torch.linspace(0, max(h - patch, 0), per_side).tolist()})
     xs = sorted({round(v) for v in torch.linspace(0, max(w - patch, 0), per_side).tolist()})
     return [(y, x) for y in ys for x in xs]
-
-
-def downscale(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """The BI degradation used for self-supervised pairs (antialiased bicubic; not quantised, so that
-    training and analysis see the same thing at any bit depth)."""
-    return F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
 
 
 ERROR_GAIN = 8.0  # the base's errors are ~0.01-0.05; at the scale of the pixels the encoder would overlook them
@@ -75,7 +70,7 @@ class ClipEncoder(nn.Module):
         """LR frames [T, 3, H, W] of one clip -> tokens [T * P, dim]. `base` is the frozen base model."""
         x = self.patches(frames)
         with torch.no_grad():  # the base model's own attempt one scale down; no gradient into the base
-            small = downscale(x, base.scale)
+            small = bi_downscale(x, base.scale)
             guess = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
         f = self.net(torch.cat([x, ERROR_GAIN * (guess - x)], 1))
         return self.out(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))

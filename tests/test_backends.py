@@ -13,6 +13,7 @@ from helpers import assert_clean_error, ffmpeg_y4m, preset_lora, run_hypersr
 
 from hypersr.engine import preset_registry
 from hypersr.engine.backends import (
+    Backend,
     EngineCache,
     resolve_backend,
     trt_engine_key,
@@ -53,7 +54,7 @@ def reference(window: np.ndarray, lora, preset: str = "fast-x2") -> np.ndarray:
 def test_auto_picks_what_the_machine_has():
     assert resolve_backend("auto", torch.device("cpu")) == "cpu"
     assert resolve_backend(None, torch.device("cpu")) == "cpu"
-    assert Upscaler("fast-x2").backend_name == ("cuda" if CUDA else "cpu")
+    assert Upscaler("fast-x2").options.name == ("cuda" if CUDA else "cpu")
 
 
 @pytest.mark.parametrize("backend, words", [("tensorflow", ["unknown backend", "cpu", "cuda", "trt"])])
@@ -67,22 +68,22 @@ def test_unknown_backend(backend, words):
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU")
 def test_cuda_backend_without_a_gpu_is_refused():
     with pytest.raises(HypersrError, match="no CUDA GPU|sees none"):
-        Upscaler("fast-x2", backend="cuda")
+        Upscaler("fast-x2", backend=Backend.CUDA())
 
 
 @pytest.mark.skipif(TRT, reason="TensorRT is installed here")
 def test_trt_without_tensorrt_says_how_to_install(tmp_path):
     with pytest.raises(HypersrError, match=r"pip install 'hypersr\[trt\]'"):
-        Upscaler("fast-x2", backend="trt", frame_size=(64, 48))
+        Upscaler("fast-x2", backend=Backend.TRT(), frame_size=(64, 48))
     y4m = ffmpeg_y4m(tmp_path / "in.y4m")
     assert_clean_error(run_hypersr("upscale", y4m, "-o", tmp_path / "o.y4m", "--backend", "trt"), "hypersr[trt]")
     assert not (tmp_path / "o.y4m").exists()
 
 
 def test_cpu_backend_merged_lora_equals_unmerged(window, lora):
-    out = Upscaler("fast-x2", lora, backend="cpu")(window)
+    out = Upscaler("fast-x2", lora, backend=Backend.CPU())(window)
     np.testing.assert_allclose(out, reference(window, lora), atol=2e-5)
-    assert np.abs(out - Upscaler("fast-x2", backend="cpu")(window)).max() > 1e-3  # the LoRA does change the output
+    assert np.abs(out - Upscaler("fast-x2", backend=Backend.CPU())(window)).max() > 1e-3  # the LoRA does change the output
 
 
 @needs_cuda
@@ -90,7 +91,7 @@ def test_cpu_backend_merged_lora_equals_unmerged(window, lora):
 @pytest.mark.parametrize("preset", ["fast-x2", "quality-x2"])  # quality-x2: SPAN scales its input by 255, a range fp16 must hold
 def test_cuda_backend_matches_cpu(window, preset, cuda_graphs):
     lora = preset_lora(preset_registry.get(preset))
-    engine = Upscaler(preset, lora, backend="cuda", num_streams=2, cuda_graphs=cuda_graphs)
+    engine = Upscaler(preset, lora, backend=Backend.CUDA(num_streams=2, cuda_graphs=cuda_graphs))
     ref = reference(window, lora, preset)
     np.testing.assert_allclose(engine(window), ref, atol=3e-3)  # fp16
     results = {}
@@ -109,8 +110,8 @@ def test_cuda_backend_matches_cpu(window, preset, cuda_graphs):
 
 @needs_cuda
 def test_cuda_tiled_equals_untiled(window):
-    whole = Upscaler("fast-x2", backend="cuda")(window)
-    tiled = Upscaler("fast-x2", backend="cuda", tile=16, tile_pad=16)(window)
+    whole = Upscaler("fast-x2", backend=Backend.CUDA())(window)
+    tiled = Upscaler("fast-x2", backend=Backend.CUDA(), tile=16, tile_pad=16)(window)
     np.testing.assert_allclose(tiled, whole, atol=2e-3)
 
 
@@ -172,9 +173,44 @@ def test_engine_cache_round_trip_and_damage(tmp_path, capsys):
 
 @needs_trt
 def test_trt_engine_is_cached_and_refitted(tmp_path, window, lora):
-    cold = Upscaler("fast-x2", backend="trt", frame_size=(52, 40), trt_cache_dir=str(tmp_path))
-    assert cold.backend.build_s is not None
-    np.testing.assert_allclose(cold(window), Upscaler("fast-x2", backend="cpu")(window), atol=3e-3)
-    warm = Upscaler("fast-x2", lora, backend="trt", frame_size=(52, 40), trt_cache_dir=str(tmp_path))
-    assert warm.backend.build_s is None and warm.backend.refit_s is not None  # from the cache, refitted with the LoRA
+    cold = Upscaler("fast-x2", backend=Backend.TRT(cache_dir=str(tmp_path)), frame_size=(52, 40))
+    assert cold.runner.build_s is not None
+    np.testing.assert_allclose(cold(window), Upscaler("fast-x2", backend=Backend.CPU())(window), atol=3e-3)
+    warm = Upscaler("fast-x2", lora, backend=Backend.TRT(cache_dir=str(tmp_path)), frame_size=(52, 40))
+    assert warm.runner.build_s is None and warm.runner.refit_s is not None  # from the cache, refitted with the LoRA
     np.testing.assert_allclose(warm(window), reference(window, lora), atol=3e-3)
+
+
+@pytest.mark.parametrize("backend", [Backend.CPU(), *([Backend.CUDA()] if CUDA else [])], ids=lambda b: b.name)
+def test_each_frame_is_fetched_once_per_stream(backend):
+    """fast-x2 reads windows of three frames: every frame is in three windows, and is fetched (and uploaded)
+    once; the result equals upscaling each window on its own."""
+    from hypersr.engine.window import window_indices
+
+    lr = np.random.default_rng(3).random((6, 3, 24, 32), dtype=np.float32)
+    engine = Upscaler("fast-x2", backend=backend)
+    fetched = []
+
+    def fetch(m):
+        fetched.append(m)
+        return lr[m]
+
+    rows = window_indices(range(len(lr)), len(lr), 3, cuts=(4,))
+    out = [engine.upscale(list(row), fetch) for row in rows]
+    assert sorted(fetched) == list(range(len(lr))) and engine.fetched == len(lr)
+    for row, o in zip(rows, out):
+        np.testing.assert_allclose(o, engine(lr[row]), atol=1e-6)
+
+
+def test_window_numbers_stop_at_ends_and_cuts():
+    from hypersr.engine.window import window_indices
+
+    assert window_indices(range(5), 5, 3, cuts=(2,)).tolist() == [[0, 0, 1], [0, 1, 1], [2, 2, 3], [2, 3, 4], [3, 4, 4]]
+    assert window_indices([0, 3], 4, 5).tolist() == [[0, 0, 0, 1, 2], [1, 2, 3, 3, 3]]
+
+
+def test_backend_options_are_checked():
+    with pytest.raises(HypersrError, match="num_streams must be a whole number, at least 1, not 0"):
+        Upscaler("fast-x2", backend=Backend.CPU(num_streams=0))
+    with pytest.raises(HypersrError, match=r"backend must be Backend.CPU\(\)"):
+        Upscaler("fast-x2", backend="cpu")

@@ -23,8 +23,8 @@ def pair():
     """real-x2's base, its clean twin (the same network trained on clean input) and a hypernet with a blend toward it."""
     real = preset_registry.get("real-x2")
     base = preset_registry.load_model(real)
-    clean = preset_registry.load_model(real.card["training"]["hyperparameters"]["init"])  # the preset it was fine-tuned from
-    arch = {**real.card["hypernet"]["architecture"], "blend": True}
+    clean = preset_registry.load_model(real.card.init)  # the preset it was fine-tuned from
+    arch = {**real.card.hypernet.architecture, "blend": True}
     hypernet = build_hypernet(base, arch).eval()
     hypernet.blend.set_moves(moves(base, clean))
     return real, base, clean, hypernet

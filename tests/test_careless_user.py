@@ -212,9 +212,9 @@ def test_nan_is_never_written():
     frames = np.full((3, 3, 24, 32), 0.5, np.float32)
     frames[1, 0, 5, 5] = np.nan
     with pytest.raises(HypersrError, match="NaN"):
-        Upscaler("fast-x2", device="cpu")(frames)
+        Upscaler("fast-x2", backend=hsr.Backend.CPU())(frames)
     with pytest.raises(vs.Error, match="NaN"):
-        hsr.upscale(clip_from_array(frames), device="cpu").get_frame(1)
+        hsr.upscale(clip_from_array(frames), backend=hsr.Backend.CPU()).get_frame(1)
 
 
 # --- odd frame sizes --------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from helpers import assert_clean_error, preset_lora, run_hypersr
 
 from hypersr.engine import preset_registry
 from hypersr.engine.lora import save_lora
-from hypersr.vsplugin import upscale, window_clips
+from hypersr.vsplugin import Backend, upscale, window_clips
 from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
 core = vs.core
@@ -38,7 +38,7 @@ def test_onnx_in_vs_mlrt_matches_hypersr(tmp_path, frames, lora_file, with_lora)
     proc = run_hypersr("export", "onnx", "-o", onnx, *extra)
     assert proc.returncode == 0, proc.stderr.decode()
     clip = clip_from_array(frames)
-    ours = clip_to_array(upscale(clip, lora=str(lora_file) if with_lora else None, device="cpu"))
+    ours = clip_to_array(upscale(clip, lora=str(lora_file) if with_lora else None, backend=Backend.CPU()))
     theirs = clip_to_array(core.ort.Model(window_clips(clip, 1), network_path=str(onnx), provider="CPU"))
     assert theirs.shape == ours.shape == (4, 3, 72, 88)
     np.testing.assert_allclose(theirs, ours, atol=1e-5)

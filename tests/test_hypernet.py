@@ -18,7 +18,7 @@ from hypersr.engine.analyse import Analyser, analyse_frames, summary_of
 from hypersr.engine.hypernet import build_hypernet
 from hypersr.engine.lora import LoRA, load_lora, save_lora
 from hypersr.training.metrics import y_psnr
-from hypersr.vsplugin import upscale
+from hypersr.vsplugin import Backend, upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array, open_video, to_rgb
 
 # Y-PSNR gain of the trained fast-x2 hypernet's LoRA over the base on the bundled sample (HR 640x360,
@@ -97,7 +97,7 @@ def test_refine_is_deterministic_and_moves_the_lora(tmp_path):
 def test_refine_lowers_the_self_supervised_loss(sample_hr):
     """Test-time training does what it claims: the loss on the clip's own pairs goes down."""
     from hypersr.engine.analyse import refine_factors
-    from hypersr.engine.hypernet import downscale
+    from hypersr.engine.bi import bi_downscale as downscale
     from hypersr.engine.lora import lora_applied
     from hypersr.training.train import charbonnier
 
@@ -171,7 +171,7 @@ def gain_on_sample(hr: np.ndarray) -> float:
     clip = clip_from_array(lr)
     scores = {}
     for label, lo in (("base", None), ("hypernet", lora)):
-        sr = np.round(np.clip(clip_to_array(upscale(clip, lora=lo, device="cpu")), 0, 1) * 255) / 255
+        sr = np.round(np.clip(clip_to_array(upscale(clip, lora=lo, backend=Backend.CPU())), 0, 1) * 255) / 255
         scores[label] = np.mean([y_psnr(torch.from_numpy(a), torch.from_numpy(b)) for a, b in zip(sr, hr)])
     return float(scores["hypernet"] - scores["base"])
 
@@ -190,7 +190,7 @@ def test_evidence_merges_and_a_warm_start_begins_where_the_old_hypernet_ended(fr
     p = preset_registry.get("fast-x2")
     base = preset_registry.load_model(p)
     old, _ = preset_registry.load_hypernet(p, base)
-    new = build_hypernet(base, {**p.card["hypernet"]["architecture"], "evidence": True})
+    new = build_hypernet(base, {**p.card.hypernet.architecture, "evidence": True})
     warm_start(new, old.state_dict())
     new.eval()
     x = torch.from_numpy(frames)
@@ -224,7 +224,7 @@ def test_evidence_sees_block_edges_noise_and_blur():
     assert float(blurred[bands][0] - blurred[bands][2]) < float(clean[bands][0] - clean[bands][2]) - 1  # spectral fall-off
 
 
-@pytest.mark.parametrize("name", [n for n in preset_registry.available() if "weights" in (preset_registry.get(n).card.get("hypernet") or {})])
+@pytest.mark.parametrize("name", [n for n in preset_registry.available() if preset_registry.get(n).card.has_hypernet])
 def test_every_trained_hypernet_still_reads_the_clip(name, sample_hr):
     """The encoder's tokens must differ between different clips. When every ReLU of one of its layers
     is off, they are one constant and only the fixed evidence reaches the LoRA (real-x2's hypernets

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("engine", "vsplugin", "ffmpeg_filter", "batch", "training", "presets")
+PACKAGES = ("engine", "vsplugin", "ffmpeg_filter", "batch", "training", "presets", "cli")
 
 
 def module_name(path: Path) -> str:
@@ -58,7 +58,7 @@ def test_the_graph_is_read():
     g = graph()
     assert "hypersr.engine.preset_registry" in g["hypersr.engine.runtime"]
     assert "hypersr.engine.networks.registry" in g["hypersr.engine.networks.fast"]
-    assert "hypersr.training.demo" in g["hypersr.cli"]  # a function-level import
+    assert "hypersr.training.train" in g["hypersr.cli.train"]  # a function-level import
 
 
 def test_every_import_names_a_module_that_exists():
@@ -107,3 +107,40 @@ def test_no_import_cycle():
         if v not in index:
             visit(v)
     assert not cycles
+
+
+def private_imports() -> set[tuple[str, str, str]]:
+    """(importer, module, name) for every `from hypersr.X import _name` that reaches into another package."""
+    known = modules()
+    found = set()
+    for name, path in known.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            if node.level:
+                base = package.split(".")
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("hypersr"):
+                target = node.module
+            else:
+                continue
+            for alias in node.names:
+                if alias.name.startswith("_") and not alias.name.startswith("__"):
+                    if target.split(".")[:2] != name.split(".")[:2]:
+                        found.add((name, target, alias.name))
+    return found
+
+
+def test_no_private_name_is_imported_across_packages():
+    assert not private_imports()
+
+
+def test_the_private_import_check_can_fail(tmp_path, monkeypatch):
+    """The check above finds such an import when there is one (cluster.py once imported vsplugin._frame_array)."""
+    (tmp_path / "batch").mkdir()
+    (tmp_path / "vsplugin").mkdir()
+    (tmp_path / "batch" / "x.py").write_text("def f():\n    from ..vsplugin import _frame_array\n")
+    (tmp_path / "vsplugin" / "__init__.py").write_text("def _frame_array(): pass\n")
+    monkeypatch.setitem(globals(), "ROOT", tmp_path)
+    assert private_imports() == {("hypersr.batch.x", "hypersr.vsplugin", "_frame_array")}

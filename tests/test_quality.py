@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from helpers import SAMPLE
 
-from hypersr.training.demo import run_demo
+from hypersr.cli.demo import run_demo
 
 # Measured with `hypersr demo --preset NAME` (README): one pass's Y-PSNR gain over bicubic, and two passes
 # (`analyse --refine 10`, `upscale --lora`) over one pass. fast-x2 (pack-v2 weights): bicubic 33.45, one pass

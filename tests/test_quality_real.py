@@ -24,7 +24,7 @@ MARGIN_DB = {"lanczos": 0.1, "fast-x2": 0.3}
 
 @pytest.fixture(scope="module")
 def hr() -> torch.Tensor:
-    from hypersr.ffmpeg_filter.pipe import open_input
+    from hypersr.ffmpeg_filter.source import open_input
     from hypersr.vsplugin.io import clip_to_array, to_rgb
 
     source = open_input(str(SAMPLE))

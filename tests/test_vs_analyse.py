@@ -16,7 +16,7 @@ from helpers import SAMPLE
 from hypersr.engine.analyse import fingerprint_indices
 from hypersr.engine.lora import load_lora
 from hypersr.ffmpeg_filter.y4m import Y4MReader
-from hypersr.vsplugin import analyse, upscale
+from hypersr.vsplugin import Backend, analyse, upscale
 from hypersr.vsplugin.io import clip_to_array
 
 core = vs.core
@@ -45,7 +45,7 @@ def test_two_passes_under_vspipe(tmp_path):
         f"src = core.resize.Bicubic(core.bs.VideoSource({str(SAMPLE)!r})[:8], 160, 96)\n"
         'rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")\n'
         f"lora = hsr.analyse(rgb, cache={str(tmp_path / 'movie.lora')!r})\n"
-        'out = hsr.upscale(rgb, lora=lora, device="cpu")\n'
+        'out = hsr.upscale(rgb, lora=lora, backend=hsr.Backend.CPU())\n'
         'core.resize.Bicubic(out, format=vs.YUV420P10, matrix_s="709").set_output()\n'
     )
     vspipe = str(Path(sys.executable).parent / "vspipe")
@@ -74,8 +74,8 @@ def test_cache_is_reused_reading_only_the_fingerprint_frames(rgb, tmp_path):
     again = analyse(counting(rgb, fetched), cache=cache, progress=False)
     assert set(fetched) <= set(fingerprint_indices(10))
     assert again.clip_fingerprint == first.clip_fingerprint
-    a = clip_to_array(upscale(rgb[:3], lora=first, device="cpu"))
-    b = clip_to_array(upscale(rgb[:3], lora=cache, device="cpu"))
+    a = clip_to_array(upscale(rgb[:3], lora=first, backend=Backend.CPU()))
+    b = clip_to_array(upscale(rgb[:3], lora=cache, backend=Backend.CPU()))
     np.testing.assert_array_equal(a, b)  # a LoRA object and its file give the same video
 
 

@@ -10,7 +10,7 @@ import torch
 import vapoursynth as vs
 
 from hypersr.engine import preset_registry
-from hypersr.vsplugin import analyse, upscale
+from hypersr.vsplugin import Backend, analyse, upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
 core = vs.core
@@ -28,7 +28,7 @@ def reference(frames: np.ndarray, windows: list[list[int]]) -> np.ndarray:
 
 
 def test_windows_repeat_at_clip_ends(frames):
-    out = clip_to_array(upscale(clip_from_array(frames), device="cpu"))
+    out = clip_to_array(upscale(clip_from_array(frames), backend=Backend.CPU()))
     windows = [[max(n - 1, 0), n, min(n + 1, 4)] for n in range(5)]
     np.testing.assert_allclose(out, reference(frames, windows), atol=1e-5)
 
@@ -37,23 +37,23 @@ def test_windows_stop_at_scene_changes(frames):
     clip = clip_from_array(frames)
     clip = core.std.SetFrameProps(clip[:2], _SceneChangeNext=0) + core.std.SetFrameProps(clip[2], _SceneChangePrev=1) + clip[3:]
     clip = core.std.SetFrameProps(clip[:1], _SceneChangeNext=0) + core.std.SetFrameProps(clip[1], _SceneChangeNext=1) + clip[2:]
-    out = clip_to_array(upscale(clip, device="cpu"))
+    out = clip_to_array(upscale(clip, backend=Backend.CPU()))
     windows = [[0, 0, 1], [0, 1, 1], [2, 2, 3], [2, 3, 4], [3, 4, 4]]
     np.testing.assert_allclose(out, reference(frames, windows), atol=1e-5)
 
 
 def test_frame_properties_and_size(frames):
     clip = core.std.SetFrameProps(clip_from_array(frames), MyTag=7)
-    out = upscale(clip, device="cpu")
+    out = upscale(clip, backend=Backend.CPU())
     assert (out.width, out.height, out.num_frames, out.format.id) == (64, 48, 5, vs.RGBS)
     assert out.get_frame(3).props["MyTag"] == 7
 
 
 def test_rgbh_in_and_out(frames):
     clip = core.resize.Point(clip_from_array(frames), format=vs.RGBH)
-    out = upscale(clip, device="cpu")
+    out = upscale(clip, backend=Backend.CPU())
     assert out.format.id == vs.RGBH
-    ref = clip_to_array(upscale(clip_from_array(frames), device="cpu"))
+    ref = clip_to_array(upscale(clip_from_array(frames), backend=Backend.CPU()))
     np.testing.assert_allclose(clip_to_array(out), ref, atol=2e-3)  # fp16 storage
 
 
@@ -76,19 +76,19 @@ def test_tiled_output_equals_untiled(frames, preset):
     # image-like input: on white noise SPAN's activations grow large enough that the convolution algorithm
     # a tile's size picks changes the output by ~1e-3 (pads of 22 and 24 match exactly, 23 does not)
     big = np.stack(smooth_tiles(3, 40, 52, seed=1))
-    whole = clip_to_array(upscale(clip_from_array(big), preset=preset, device="cpu"))
-    tiled = clip_to_array(upscale(clip_from_array(big), preset=preset, device="cpu", tile=16))  # the default pad
+    whole = clip_to_array(upscale(clip_from_array(big), preset=preset, backend=Backend.CPU()))
+    tiled = clip_to_array(upscale(clip_from_array(big), preset=preset, backend=Backend.CPU(), tile=16))  # the default pad
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
-    seams = clip_to_array(upscale(clip_from_array(big), preset=preset, device="cpu", tile=16, tile_pad=0))
+    seams = clip_to_array(upscale(clip_from_array(big), preset=preset, backend=Backend.CPU(), tile=16, tile_pad=0))
     assert np.abs(seams - whole).max() > 1e-3  # without overlap the seams show: the check can fail
 
 
 def test_any_order_any_threads_same_output(frames):
-    seq = clip_to_array(upscale(clip_from_array(frames), device="cpu"))
+    seq = clip_to_array(upscale(clip_from_array(frames), backend=Backend.CPU()))
     old_threads = core.num_threads
     try:
         core.num_threads = 4
-        out = upscale(clip_from_array(frames), device="cpu", num_streams=3)
+        out = upscale(clip_from_array(frames), backend=Backend.CPU(num_streams=3))
         order = [4, 0, 3, 1, 2, 2, 0]
         for n in order:  # out of order, repeated, and concurrently below
             np.testing.assert_allclose(np.stack([np.asarray(out.get_frame(n)[p]) for p in range(3)]), seq[n], atol=0)
@@ -109,15 +109,27 @@ def test_source_frames_are_not_fetched_again_and_again(frames):
 
     src = clip_from_array(frames)
     counted = core.std.ModifyFrame(src, src, count)
-    clip_to_array(upscale(counted, device="cpu"))
+    clip_to_array(upscale(counted, backend=Backend.CPU()))
     assert sorted(set(fetched)) == list(range(5))
     assert len(fetched) <= 2 * len(frames)  # three windows share each frame through VapourSynth's cache
+
+
+def test_each_source_frame_is_fetched_once_per_stream(frames):
+    """Three windows read each frame; the engine fetches and uploads it once per stream, at any thread count."""
+    from hypersr.vsplugin.passes import upscale_clip, upscaler_for
+
+    clip = clip_from_array(frames)
+    for streams in (1, 2):
+        engine = upscaler_for(clip, backend=Backend.CPU(num_streams=streams))
+        out = clip_to_array(upscale_clip(clip, engine))
+        np.testing.assert_allclose(out, clip_to_array(upscale(clip, backend=Backend.CPU())), atol=1e-6)
+        assert len(frames) <= engine.fetched <= streams * len(frames)
 
 
 def test_trt_without_tensorrt_says_how_to_install():
     clip = core.std.BlankClip(format=vs.RGBS, width=32, height=32, length=2)
     with pytest.raises(vs.Error, match=r"hypersr\[trt\]"):
-        upscale(clip, trt=True)
+        upscale(clip, backend=Backend.TRT())
 
 
 def test_vspipe_with_any_request_count_gives_the_same_video(tmp_path):
@@ -136,7 +148,7 @@ def test_vspipe_with_any_request_count_gives_the_same_video(tmp_path):
         f"src = core.bs.VideoSource({str(SAMPLE)!r})[:6]\n"
         "src = core.resize.Bicubic(src, 160, 90)\n"
         'rgb = core.resize.Bicubic(src, format=vs.RGBS, matrix_in_s="709")\n'
-        'out = hsr.upscale(rgb, device="cpu")\n'
+        'out = hsr.upscale(rgb, backend=hsr.Backend.CPU())\n'
         'core.resize.Bicubic(out, format=vs.YUV420P8, matrix_s="709").set_output()\n'
     )
     vspipe = str(Path(sys.executable).parent / "vspipe")

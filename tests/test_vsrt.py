@@ -182,7 +182,7 @@ def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
     import vapoursynth as vs
     from helpers import run_hypersr
 
-    from hypersr.vsplugin import upscale, window_clips
+    from hypersr.vsplugin import Backend, upscale, window_clips
     from hypersr.vsplugin.io import clip_from_array, clip_to_array
 
     if not hasattr(vs.core, "ort"):
@@ -192,7 +192,7 @@ def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
     assert proc.returncode == 0, proc.stderr.decode()
     frames = np.random.default_rng(8).random((6, 3, 36, 52), dtype=np.float32)
     clip = clip_from_array(frames)
-    ours = clip_to_array(upscale(clip, preset="vsrt-x2", device="cpu"))
+    ours = clip_to_array(upscale(clip, preset="vsrt-x2", backend=Backend.CPU()))
     theirs = clip_to_array(vs.core.ort.Model(window_clips(clip, 2), network_path=str(onnx), provider="CPU"))
     assert ours.shape == theirs.shape == (6, 3, 72, 104)
     np.testing.assert_allclose(theirs, ours, atol=1e-4)

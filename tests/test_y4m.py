@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from helpers import ffmpeg_y4m
 
-from hypersr.ffmpeg_filter.pipe import open_input, write_y4m
+from hypersr.ffmpeg_filter.sink import write_y4m
+from hypersr.ffmpeg_filter.source import open_input
 from hypersr.ffmpeg_filter.y4m import Y4MError, Y4MHeader, Y4MReader, Y4MWriter
 from hypersr.vsplugin.io import clip_to_array, to_rgb
 

@@ -21,19 +21,19 @@ import torch
 
 from ..engine import preset_registry
 from ..engine.analyse import analyse_frames
+from ..engine.backends import CPU
+from ..engine.runtime import Upscaler
 from . import data
-from .metrics import y_psnr
-from .train import upscale_clip
+from .metrics import clip_psnr
 
 
-def upscale_frames(preset: str, lr: torch.Tensor, lora=None) -> torch.Tensor:
-    model = preset_registry.load_model(preset, lora)
-    with torch.inference_mode():
-        return data.quantise(upscale_clip(model, lr))
+def upscale_frames(preset, lr: torch.Tensor, lora=None, cuts: tuple[int, ...] = ()) -> torch.Tensor:
+    """Pass two as users run it (the runtime, on the CPU), 8-bit quantised."""
+    return data.quantise(torch.from_numpy(Upscaler(preset, lora, backend=CPU()).clip(lr.numpy(), cuts)))
 
 
 def psnr(sr: torch.Tensor, hr: torch.Tensor) -> float:
-    return float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
+    return clip_psnr(sr, hr)
 
 
 def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) -> dict:
@@ -57,9 +57,8 @@ def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) 
 
 
 def score_shots(preset: str, lr: torch.Tensor, hr: torch.Tensor, shot: int, lora) -> float:
-    """Y-PSNR of shots of `shot` frames each, every shot upscaled on its own (windows stop at cuts)."""
-    sr = torch.cat([upscale_frames(preset, lr[i : i + shot], lora) for i in range(0, len(lr), shot)])
-    return psnr(sr, hr)
+    """Y-PSNR of shots of `shot` frames each (windows stop at the cuts between them)."""
+    return psnr(upscale_frames(preset, lr, lora, tuple(range(shot, len(lr), shot))), hr)
 
 
 def memory_test(preset: str, data_dir: Path, refine: int, stills: int = 8, size: int = 192, shot: int = 8, seed: int = 0) -> dict:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..engine.lora import lora_applied
-from ..engine.losses import charbonnier
+from ..engine.backends import CPU, resolve_device
+from ..engine.fitting import fit_factors
+from ..engine.lora import LoRA
+from ..engine.window import window_indices
 from . import degradation as deg
-from .metrics import y_psnr, y_ssim
+from .metrics import clip_scores
 from .peers import peer_outputs
-from .train import upscale_clip
 
 CEILING_STEPS = 150
 CEILING_LR = 2e-3
@@ -37,22 +38,18 @@ def fit_lora_with_hr(base, hypernet, lr: torch.Tensor, hr: torch.Tensor, scale: 
     rng = np.random.default_rng(seed)
     with torch.no_grad():
         start = hypernet.factors(hypernet.summarise(lr, base))
-    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in start.items()}
-    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=CEILING_LR)
-    t, k = lr.shape[0], base.window // 2
+    t = lr.shape[0]
     c = min(CEILING_CROP, lr.shape[-2], lr.shape[-1])
-    with lora_applied(base, params):
-        for _ in range(steps):
-            centres = rng.integers(0, t, 4)
-            ys, xs = rng.integers(0, lr.shape[-2] - c + 1, 4), rng.integers(0, lr.shape[-1] - c + 1, 4)
-            idx = np.clip(centres[:, None] + np.arange(-k, k + 1)[None], 0, t - 1)
-            windows = torch.stack([lr[i, :, y : y + c, x : x + c] for i, y, x in zip(torch.from_numpy(idx), ys, xs)])
-            target = torch.stack([hr[n, :, y * scale : (y + c) * scale, x * scale : (x + c) * scale] for n, y, x in zip(centres, ys, xs)])
-            loss = charbonnier(base(windows), target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return {n: (a.detach(), b.detach()) for n, (a, b) in params.items()}
+
+    def pairs():
+        centres = rng.integers(0, t, 4)
+        ys, xs = rng.integers(0, lr.shape[-2] - c + 1, 4), rng.integers(0, lr.shape[-1] - c + 1, 4)
+        idx = window_indices(centres, t, base.window)
+        windows = torch.stack([lr[i, :, y : y + c, x : x + c] for i, y, x in zip(torch.from_numpy(idx), ys, xs)])
+        target = torch.stack([hr[n, :, y * scale : (y + c) * scale, x * scale : (x + c) * scale] for n, y, x in zip(centres, ys, xs)])
+        return windows, target
+
+    return fit_factors(base, start, pairs, steps, CEILING_LR)
 
 
 def fit_chain_lora(base, hypernet, pack, chain: str, scale: int, clips: int = 48, steps: int = CHAIN_STEPS, seed: int = 0) -> dict:
@@ -67,63 +64,64 @@ def fit_chain_lora(base, hypernet, pack, chain: str, scale: int, clips: int = 48
     lr = torch.stack([deg.apply(h, scale, deg.CHAINS[chain], rng) for h in hr])
     with torch.no_grad():
         start = hypernet.factors(hypernet.summarise(lr[0], base))
-    params = {k: (a.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()) for k, (a, b) in start.items()}
-    opt = torch.optim.Adam([t for pair in params.values() for t in pair], lr=CEILING_LR)
-    with lora_applied(base, params):
-        for _ in range(steps):
-            pick = torch.from_numpy(rng.choice(clips, 8, replace=False))
-            loss = charbonnier(base(lr[pick]), hr[pick, base.window // 2])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    return {n: (a.detach(), b.detach()) for n, (a, b) in params.items()}
+
+    def pairs():
+        pick = torch.from_numpy(rng.choice(clips, 8, replace=False))
+        return lr[pick], hr[pick, base.window // 2]
+
+    return fit_factors(base, start, pairs, steps, CEILING_LR)
 
 
 def score(sr: np.ndarray | torch.Tensor, hr: torch.Tensor) -> dict[str, float]:
-    sr = deg.quantise(torch.as_tensor(sr))
-    return {"y_psnr": float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)])), "ssim": float(np.mean([y_ssim(a, b) for a, b in zip(sr, hr)]))}
+    return clip_scores(deg.quantise(torch.as_tensor(sr)), hr)
 
 
-def bench_real(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], refine: int = 10, ceiling: bool = True,
+def as_lora(preset, factors: dict) -> LoRA:
+    """Fitted factors as the LoRA the runtime takes."""
+    rank = next(iter(factors.values()))[0].shape[0]
+    return LoRA(preset.name, preset.sha256, preset.scale, rank, {k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()})
+
+
+def bench_real(presets: list, clips: dict[str, torch.Tensor], chains: list[str], refine: int = 10, ceiling: bool = True,
                device: str = "cpu", progress=print, pack=None) -> tuple[dict, dict]:
     """results[chain][clip][method] = {y_psnr, ssim}, and one clip's outputs for the comparison picture.
     With the training pack, also "chain LoRA" for real presets (fit_chain_lora, one per chain)."""
     from ..engine import preset_registry
     from ..engine.analyse import analyse_frames
+    from ..engine.runtime import Upscaler
 
     results: dict = {}
     picture: dict = {}
     chain_loras: dict = {}
+    backend = CPU() if resolve_device(device).type == "cpu" else None  # pass two as users run it; on a GPU, the cuda backend
     for chain in chains:
         results[chain] = {}
         for name, hr in clips.items():
             lr = deg.apply(hr, 2, deg.CHAINS[chain], np.random.default_rng(0))
             outs = peer_outputs(lr.numpy(), 2)
-            for p in presets:
-                preset = preset_registry.get(p)
-                base = preset_registry.load_model(preset, device=device)
-                with torch.inference_mode():
-                    outs[p] = upscale_clip(base, lr.to(device)).cpu()
-                if preset.card["training"].get("degradation") == "real" and (preset.card.get("hypernet") or {}).get("weights"):
-                    frames = list(lr.numpy())
+            for preset in map(preset_registry.get, presets):
+                p = preset.name
+                lr_frames = lr.numpy()
+
+                def runtime(lora=None, preset=preset, lr_frames=lr_frames):
+                    return Upscaler(preset, lora, backend=backend).clip(lr_frames)
+
+                outs[p] = runtime()
+                if preset.card.is_real_source and preset.card.has_hypernet:
+                    base = preset_registry.load_model(preset, device=device)
                     for label, steps in (("+ memory", 0), (f"+ refine {refine}", refine)):
                         if label != "+ memory" and not refine:
                             continue
-                        lora = analyse_frames(frames, p, steps, device, measure_refused_refine=True)
-                        with torch.inference_mode():
-                            outs[f"{p} {label}"] = upscale_clip(preset_registry.load_model(preset, lora, device=device), lr.to(device)).cpu()
+                        outs[f"{p} {label}"] = runtime(analyse_frames(list(lr_frames), preset, steps, device, measure_refused_refine=True))
                     if pack is not None:
                         key = (p, chain)
                         if key not in chain_loras:
                             hypernet, _ = preset_registry.load_hypernet(preset, base, device=device)
-                            chain_loras[key] = fit_chain_lora(base, hypernet, pack, chain, preset.scale)
-                        with torch.inference_mode(), lora_applied(base, chain_loras[key]):
-                            outs[f"{p} chain LoRA"] = upscale_clip(base, lr.to(device)).cpu()
+                            chain_loras[key] = as_lora(preset, fit_chain_lora(base, hypernet, pack, chain, preset.scale))
+                        outs[f"{p} chain LoRA"] = runtime(chain_loras[key])
                     if ceiling:
                         hypernet, _ = preset_registry.load_hypernet(preset, base, device=device)
-                        factors = fit_lora_with_hr(base, hypernet, lr.to(device), hr.to(device), preset.scale)
-                        with torch.inference_mode(), lora_applied(base, factors):
-                            outs[f"{p} ceiling"] = upscale_clip(base, lr.to(device)).cpu()
+                        outs[f"{p} ceiling"] = runtime(as_lora(preset, fit_lora_with_hr(base, hypernet, lr.to(device), hr.to(device), preset.scale)))
             results[chain][name] = {m: (score(o, hr) if not isinstance(o, str) else o) for m, o in outs.items()}
             if not picture and chain != "bi":
                 picture = {"chain": chain, "clip": name, "columns": {m: np.asarray(deg.quantise(torch.as_tensor(o)))

@@ -73,18 +73,19 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     import vapoursynth as vs
 
     from ..engine import preset_registry
+    from ..engine.backends import backend_from_names
     from ..vsplugin import upscale, window_clips
 
     p = preset_registry.get(preset)
     clip = _noise_clip(w, h, frames + 1)
     if backend == "vs-mlrt-ort":
-        from ..ffmpeg_filter.export import export_onnx
+        from ..engine.export import export_onnx
 
         onnx = os.path.join(tempfile.mkdtemp(), "model.onnx")
         export_onnx(onnx, preset)
         out = vs.core.ort.Model(window_clips(clip, p.window // 2), network_path=onnx, provider="CPU")
     else:
-        out = upscale(clip, preset=preset, backend=backend)
+        out = upscale(clip, preset=p, backend=backend_from_names(backend, None))
     seconds = _seconds_per_frame(out, frames)
     macs = preset_registry.complexity(p)["macs_per_input_pixel"]
     row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * macs * w * h / seconds / 1e9}

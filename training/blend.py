@@ -19,7 +19,7 @@ from ..engine.errors import HypersrError
 from ..engine.lora import lora_applied, lora_layers
 from . import data
 from . import degradation as deg
-from .metrics import y_psnr
+from .metrics import clip_psnr
 from .train import upscale_clip
 
 GRID = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -73,7 +73,7 @@ def measure_clips(base, hypernet, packed, scale: int, clips: int, frames: int, s
             for a in GRID:
                 with lora_applied(base, hypernet.factors(summary, torch.tensor(a, device=device))):
                     out = deg.quantise(upscale_clip(base, lr).cpu())
-                row.append(float(np.mean([y_psnr(o, h) for o, h in zip(out, hr)])))
+                row.append(clip_psnr(out, hr))
         rows.append(row)
         degradations.append(d)
     return torch.stack(features).float(), torch.tensor(rows, dtype=torch.float32), degradations
@@ -84,16 +84,16 @@ def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4
     from ..engine import preset_registry
     from ..engine.hypernet import build_hypernet
 
-    if preset.card["training"].get("degradation") != "real":
+    if not preset.card.is_real_source:
         raise HypersrError(f"preset {preset.name} is trained on clean input already; the clean blend is for real-source presets such as real-x2")
-    if clean_preset.name == preset.name or clean_preset.card["training"].get("degradation") == "real":
+    if clean_preset.name == preset.name or clean_preset.card.is_real_source:
         raise HypersrError(f"--clean {clean_preset.name} is not trained on clean input; give {preset.name}'s clean twin, e.g. fast-x2")
-    if clean_preset.card["architecture"] != preset.card["architecture"]:
+    if clean_preset.card.architecture != preset.card.architecture:
         raise HypersrError(f"--clean {clean_preset.name}: its network is not {preset.name}'s; the clean blend needs the same architecture")
     packed = data.load_pack(pack_path)
     base = preset_registry.load_model(preset, device=device)
     trained, _ = preset_registry.load_hypernet(preset, base, device=device)
-    arch = {**preset.card["hypernet"]["architecture"], "blend": True}
+    arch = {**preset.card.hypernet.architecture, "blend": True}
     hypernet = build_hypernet(base, arch).to(device)
     own = hypernet.state_dict()
     own.update({k: v for k, v in trained.state_dict().items() if not k.startswith("blend.")})

@@ -423,12 +423,7 @@ class ClipSampler:
 
 def shot_windows(centres: list[int], cuts: list[int], frames: int, window: int) -> torch.Tensor:
     """Frame indices [len(centres), window] of windows that repeat the nearest frame instead of reaching
-    across a cut or the clip's ends (what vsplugin.upscale does with _SceneChange properties)."""
-    k = window // 2
-    bounds = [0, *cuts, frames]
-    rows = []
-    for c in centres:
-        lo = max(b for b in bounds[:-1] if b <= c)
-        hi = min(b for b in bounds[1:] if b > c) - 1
-        rows.append([min(max(c + d, lo), hi) for d in range(-k, k + 1)])
-    return torch.tensor(rows)
+    across a cut or the clip's ends (engine/window.py, as pass two chooses them)."""
+    from ..engine.window import window_indices
+
+    return torch.from_numpy(window_indices(centres, frames, window, cuts))

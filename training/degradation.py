@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..engine.bi import bi_downscale
+
 DOWNSCALERS = ("bicubic-aa", "bicubic", "bilinear", "area", "lanczos", "point")
 CODECS = {"h264": ("libx264", "yuv420p"), "mpeg2": ("mpeg2video", "yuv420p"), "mjpeg": ("mjpeg", "yuvj420p")}
 # BT.601 full-range YCbCr: what the codecs' yuv420p (via swscale) and the chroma step work in
@@ -138,7 +140,7 @@ def downscale(frames: torch.Tensor, scale: int, method: str) -> torch.Tensor:
     h, w = shape[-2] // scale, shape[-1] // scale
     x = frames.reshape(-1, *shape[-3:])
     if method == "bicubic-aa":
-        out = F.interpolate(x, size=(h, w), mode="bicubic", antialias=True, align_corners=False)
+        out = bi_downscale(x, scale)
     elif method in ("bicubic", "bilinear"):
         out = F.interpolate(x, size=(h, w), mode=method, antialias=False, align_corners=False)
     elif method == "area":
@@ -280,8 +282,5 @@ def aux_target(d: Degradation) -> torch.Tensor:
 
 
 def apply_bi(hr: torch.Tensor, scale: int) -> torch.Tensor:
-    """The BI degradation of any [..., 3, H, W]: antialiased bicubic by `scale`, 8-bit quantised."""
-    shape = hr.shape
-    x = hr.reshape(-1, *shape[-3:])
-    lr = F.interpolate(x, scale_factor=1 / scale, mode="bicubic", antialias=True, align_corners=False)
-    return quantise(lr).reshape(*shape[:-2], *lr.shape[-2:])
+    """The BI degradation of any [..., 3, H, W] (engine/bi.py), 8-bit quantised."""
+    return quantise(bi_downscale(hr, scale))

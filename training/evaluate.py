@@ -15,13 +15,13 @@ import numpy as np
 import torch
 
 from . import data, peers
-from .metrics import y_psnr, y_ssim
+from .metrics import clip_scores, y_psnr
 
 
 def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     """What FFmpeg's dnn_processing gets from `hypersr export torchscript`: the causal window and --single."""
+    from ..engine.export import CausalWindow
     from ..engine.preset_registry import load_model
-    from ..ffmpeg_filter.export import CausalWindow
 
     outs = {}
     for label, single in (("causal", False), ("single", True)):
@@ -39,6 +39,7 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
     alone; without, slow peers are skipped. Returns the outputs and, per peer left out, why."""
     import vapoursynth as vs
 
+    from ..engine.backends import backend_from_names
     from ..vsplugin import upscale
     from ..vsplugin.io import clip_from_array, clip_to_array
 
@@ -56,7 +57,7 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
             outs[name] = out
     clip = clip_from_array(lr)
     for p in presets:
-        out = upscale(clip, preset=p, device=device)
+        out = upscale(clip, preset=p, backend=backend_from_names(None, device))
         outs[p] = clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
         if variants:
             outs.update({k: v[pick] for k, v in export_variants(lr, p).items()})
@@ -81,9 +82,7 @@ def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], dev
             comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)
         for method, sr in outputs.items():
             sr_t = torch.from_numpy(sr)
-            psnrs = [y_psnr(a, b) for a, b in zip(sr_t, hr)]
-            ssims = [y_ssim(a, b) for a, b in zip(sr_t, hr)]
-            results[name][method] = {"y_psnr": float(np.mean(psnrs)), "ssim": float(np.mean(ssims)), "per_frame_psnr": psnrs}
+            results[name][method] = {**clip_scores(sr_t, hr), "per_frame_psnr": [y_psnr(a, b) for a, b in zip(sr_t, hr)]}
     methods = next(iter(results.values())).keys()
     results["mean"] = {m: {k: float(np.mean([results[c][m][k] for c in clips])) for k in ("y_psnr", "ssim")} for m in methods}
     if out_dir is not None:

@@ -39,3 +39,14 @@ def y_ssim(pred: torch.Tensor, target: torch.Tensor) -> float:
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
     s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x**2 + mu_y**2 + c1) * (sxx + syy + c2))
     return s.mean().item()
+
+
+def clip_psnr(sr, hr) -> float:
+    """A clip's Y-PSNR: the mean over its frames ([T, 3, H, W] tensors or arrays, 0..1)."""
+    return float(sum(y_psnr(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(sr, hr)) / len(hr))
+
+
+def clip_scores(sr, hr) -> dict[str, float]:
+    """A clip's Y-PSNR and SSIM, each the mean over its frames."""
+    return {"y_psnr": clip_psnr(sr, hr),
+            "ssim": float(sum(y_ssim(torch.as_tensor(a), torch.as_tensor(b)) for a, b in zip(sr, hr)) / len(hr))}

@@ -250,7 +250,7 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     arch, state = read_span(param, weights, (f"{model}.param", f"{model}.bin"))
     target = arch
     if preset is not None:
-        want = preset.card["architecture"]
+        want = preset.card.architecture.as_dict()
         if want.get("type") != "span" or any(want.get(k) != arch[k] for k in ("scale", "channels", "blocks")):
             raise HypersrError(f"{model} is SPAN x{arch['scale']} with {arch['channels']} channels and {arch['blocks']} blocks; preset "
                                f"{preset.name} is {want.get('type')} x{want.get('scale')} with {want.get('channels')} channels and "
@@ -264,8 +264,8 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     tensors = {k: v.half() if v.dim() == 4 and torch.equal(v.half().float(), v) else v for k, v in tensors.items()}
     atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
     if install:
-        preset_registry.install_weights(preset, out, {"init": f"imported from {PACKAGE} {provenance['version']} {model}"})
-        card = dict(preset.card)
-        card["backbone"] = provenance
-        preset_registry.write_card(preset, card)
+        from .cards import install_weights, update_card
+
+        install_weights(preset, out, {"init": f"imported from {PACKAGE} {provenance['version']} {model}"})
+        update_card(preset, lambda card: card.update(backbone=provenance))
     return out, provenance

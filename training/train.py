@@ -24,16 +24,18 @@ from tqdm import tqdm
 from ..engine.errors import HypersrError
 from ..engine.losses import charbonnier
 from ..engine.networks import build_model
+from ..engine.window import window_indices
 from . import data
 from .degradation import AUX_TARGETS, TrainingDegradation, aux_target
-from .metrics import y_psnr
+from .metrics import clip_psnr
 
 
 def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
-    """Upscale every frame of an LR clip [T, 3, h, w] with the model's window (clip ends repeat)."""
-    t, k = lr.shape[0], model.window // 2
-    idx = torch.arange(t)[:, None] + torch.arange(-k, k + 1)[None]
-    idx = idx.clamp(0, t - 1)
+    """Upscale every frame of an LR clip [T, 3, h, w] with the model's window (clip ends repeat), batched and
+    with gradients possible: for validating and fitting networks in training. What users run (and the
+    benchmarks time) is engine/runtime.py's Upscaler."""
+    t = lr.shape[0]
+    idx = torch.from_numpy(window_indices(range(t), t, model.window))
     outs = []
     for i in range(0, t, batch):
         outs.append(model(lr[idx[i : i + batch]]).clamp(0, 1))
@@ -58,7 +60,7 @@ def validate(model, clips: dict[str, torch.Tensor], scale: int, device, degrade:
     with torch.inference_mode():
         for name, (hr, lr) in (inputs or validation_inputs(clips, scale, degrade or TrainingDegradation("bi"))).items():
             sr = data.quantise(upscale_clip(model, lr.to(device))).cpu()
-            scores[name] = float(np.mean([y_psnr(a, b) for a, b in zip(sr, hr)]))
+            scores[name] = clip_psnr(sr, hr)
     model.train()
     return scores
 
@@ -278,7 +280,7 @@ def validate_hypernet(hypernet, base, inputs: dict[str, tuple[torch.Tensor, torc
             sr = data.quantise(upscale_clip(base, lr)).cpu()
             with lora_applied(base, factors):
                 sr_adapted = data.quantise(upscale_clip(base, lr)).cpu()
-            scores[name] = {label: float(np.mean([y_psnr(a, b) for a, b in zip(out, hr)])) for label, out in (("base", sr), ("hypernet", sr_adapted))}
+            scores[name] = {"base": clip_psnr(sr, hr), "hypernet": clip_psnr(sr_adapted, hr)}
     # How much the LoRA depends on the clip: spread of the weight deltas across clips relative to their size
     # (0 would be one constant LoRA for every clip: a fine-tune, not a memory).
     d = torch.stack(deltas)

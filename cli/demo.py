@@ -11,24 +11,30 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
-import torch
-
 DEMO_REFINE = 10  # the best measured refine setting (README, "The medium-term memory")
 
 
+def cmd_demo(args) -> None:
+    run_demo(args.sample, args.out, args.preset, args.device)
+
+
 def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str | None = None) -> dict[str, float]:
+    import numpy as np
+    import torch
     import vapoursynth as vs
 
     from ..engine import preset_registry
+    from ..engine.backends import backend_from_names
     from ..engine.errors import HypersrError
     from ..engine.files import atomic_write, readable_file, refuse_same_file
-    from ..ffmpeg_filter.pipe import open_input, run_analyse, run_upscale, write_y4m
+    from ..ffmpeg_filter.sink import write_y4m
+    from ..ffmpeg_filter.source import open_input
     from ..ffmpeg_filter.y4m import Y4MHeader
+    from ..training import data, peers
+    from ..training.evaluate import comparison_png
+    from ..training.metrics import clip_psnr
     from ..vsplugin.io import MATRIX_709, clip_from_array, clip_to_array, to_rgb
-    from . import data, peers
-    from .evaluate import comparison_png
-    from .metrics import y_psnr
+    from .passes import run_analyse, run_upscale
 
     core = vs.core
     out = Path(out_dir)
@@ -43,8 +49,7 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
         refuse_same_file(target, sample)
     out.mkdir(parents=True, exist_ok=True)
 
-    source = open_input(sample)
-    hr = clip_to_array(to_rgb(source.clip, "RGBS", source.matrix))
+    hr = clip_to_array(open_input(sample).rgb())
     hr = np.round(np.clip(hr, 0, 1) * 255) / 255
     lr = data.degrade_bi(torch.from_numpy(hr), p.scale).numpy()
     print(f"demo: {name} {hr.shape[3]}x{hr.shape[2]} -> BI x1/{p.scale} -> {lr.shape[3]}x{lr.shape[2]} -> hypersr {p.name}", file=sys.stderr)
@@ -59,9 +64,10 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     atomic_write(lr_path, write_lr)
 
     # One pass (the base network), then the two passes: analyse (hypernet + --refine 10) and upscale --lora.
-    run_upscale(str(lr_path), str(one_pass), p.name, None, device, MATRIX_709)
-    run_analyse(str(lr_path), str(lora_path), p.name, DEMO_REFINE, device, MATRIX_709)
-    run_upscale(str(lr_path), str(sr_path), p.name, str(lora_path), device, MATRIX_709)
+    backend = backend_from_names(None, device)
+    run_upscale(str(lr_path), str(one_pass), p, None, backend, MATRIX_709)
+    run_analyse(str(lr_path), str(lora_path), p, DEMO_REFINE, device, MATRIX_709)
+    run_upscale(str(lr_path), str(sr_path), p, str(lora_path), backend, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
     columns = {m: clip_to_array(peers.upscale(m, lr_rgb, p.scale)) for m in ("bicubic", "lanczos")}
@@ -74,10 +80,20 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     for m, frames in columns.items():
         if m != "original":
             q = torch.from_numpy(np.round(np.clip(frames, 0, 1) * 255) / 255)
-            scores[m] = float(np.mean([y_psnr(a, b) for a, b in zip(q, hr_t)]))
+            scores[m] = clip_psnr(q, hr_t)
     labelled = {(f"{m}  {scores[m]:.2f} dB" if m in scores else m): v for m, v in columns.items()}
     comparison_png(png, labelled, len(hr) // 2)
     for m, s in scores.items():
         print(f"  {m:<26} Y-PSNR {s:6.2f} dB", file=sys.stderr)
     print(f"wrote {sr_path} and {png}", file=sys.stderr)
     return scores
+
+
+def add_commands(sub) -> None:
+    demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back with both passes, write the results and a comparison PNG")
+    demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")
+    demo.add_argument("-o", "--out", default="demo-out")
+    demo.add_argument("--preset", default=None)
+    demo.add_argument("--device", default=None)
+    demo.set_defaults(func=cmd_demo)
+

@@ -1,4 +1,5 @@
-"""The y4m pipe filter: y4m (or any video file) in, hypersr's VapourSynth graph, y4m out.
+"""The source side of the y4m pipe and of batch: a y4m stream or any video file as a VapourSynth clip, the
+two passes over it (vsplugin/passes.py), and the upscaled RGB back in the source's pixel layout.
 
     ffmpeg -i in.mkv -f yuv4mpegpipe - | hypersr upscale - -o - | ffmpeg -f yuv4mpegpipe -i - out.mkv
 
@@ -18,11 +19,10 @@ import numpy as np
 import vapoursynth as vs
 
 from ..engine.errors import HypersrError
-from ..engine.files import INTERRUPTED, atomic_write, check_output, readable_file, write_error
-from ..engine.runtime import release_free_memory
-from ..vsplugin import PAST_END, TRIM_EVERY, error_message
+from ..engine.files import readable_file
 from ..vsplugin.io import default_matrix, is_full_range, open_video, range_props, source_matrix, to_rgb
-from .y4m import MAX_OUTPUT_HEADER, Y4MHeader, Y4MReader, Y4MWriter, chroma_tag
+from ..vsplugin.passes import PAST_END, analyse_clip, upscale_clip, upscaler_for
+from .y4m import Y4MHeader, Y4MReader, chroma_tag
 
 core = vs.core
 
@@ -31,7 +31,7 @@ UNKNOWN_LENGTH = 1 << 30  # a y4m stream's length is known only at its end
 LOOK_BACK = 16  # decoded frames kept for requests behind the newest one (window + prefetch)
 
 
-def _vs_format(h: Y4MHeader) -> vs.VideoFormat:
+def vs_format(h: Y4MHeader) -> vs.VideoFormat:
     sample = vs.INTEGER
     if h.family == "gray":
         return core.query_video_format(vs.GRAY, sample, h.bits, 0, 0)
@@ -93,6 +93,10 @@ class Source:
     def truncated(self) -> str | None:
         return self.stream.reader.truncated if self.stream else None
 
+    def rgb(self) -> vs.VideoNode:
+        """The source as the RGBS clip the networks read."""
+        return to_rgb(self.clip, "RGBS", self.matrix)
+
 
 def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | None = None) -> Source:
     """A y4m stream as a clip. `size` (bytes, for files) gives the length when every frame header is a
@@ -104,7 +108,7 @@ def open_y4m(binary_stream, name: str, matrix: int | None = None, size: int | No
         payload, per_frame = size - reader.header_size, len(b"FRAME\n") + h.frame_bytes()
         total = payload // per_frame if payload % per_frame == 0 and payload > 0 else None
     frames = _StreamFrames(reader, seekable=total is not None)
-    fmt = _vs_format(h)
+    fmt = vs_format(h)
     # VapourSynth needs subsampled frames to be a whole number of chroma samples wide and high; FFmpeg writes
     # odd sizes with chroma planes rounded up (65x49 4:2:0 has 33x25 chroma). So the luma is padded by
     # repeating its last column/row to the chroma's size, and output_clip crops the padding off again.
@@ -178,7 +182,7 @@ def open_input(path: str, matrix: int | None = None) -> Source:
 def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     """The upscaled RGB back in the source's pixel layout, range and chroma siting."""
     h = source.header
-    fmt = _vs_format(h)
+    fmt = vs_format(h)
     rng = "full" if h.color_range == "FULL" else "limited"  # resize's range_s
     if h.family == "gray":
         y = core.resize.Bicubic(upscaled_rgb, format=vs.YUV444PS, matrix=source.matrix)
@@ -190,96 +194,17 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
     return out
 
 
-def write_y4m(clip: vs.VideoNode, header: Y4MHeader, out, total: int | None = None, progress: bool = True, desc: str = "hypersr",
-              position: int | None = None) -> int:
-    """Write the clip's frames as y4m until the end (or the PAST_END marker); returns the frame count."""
-    from tqdm import tqdm
-
-    header = header.resized(clip.width, clip.height)
-    dropped = header.fitted()[2]
-    if dropped:
-        print(f"hypersr: note: the output's y4m header drops the tag{'s' if len(dropped) > 1 else ''} {' '.join('X' + x for x in dropped)}: "
-              f"FFmpeg reads a header of at most {MAX_OUTPUT_HEADER} bytes", file=sys.stderr)
-    writer = Y4MWriter(out, header)
-    written = 0
-    limit = total if total is not None else clip.num_frames
-    with tqdm(total=total, unit="frame", desc=desc, file=sys.stderr, disable=not progress, dynamic_ncols=True, position=position,
-              leave=position is None) as bar:
-        for f in clip.frames(prefetch=max(2, core.num_threads), close=True):
-            if written >= limit or f.props.get(PAST_END, 0):
-                break
-            writer.write([np.asarray(f[p]) for p in range(f.format.num_planes)])
-            written += 1
-            bar.update()
-            if written % TRIM_EVERY == 0:
-                release_free_memory()
-    out.flush()
-    return written
-
-
-def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str | None, device: str | None, matrix: int | None = None,
-                progress: bool = True, backend: str | None = None) -> int:
-    """The `hypersr upscale` command. Returns the number of frames written."""
-    from ..engine import preset_registry
-    from ..vsplugin import upscale
-
-    check_output(output_path, input_path, lora, *preset_registry.get(preset).files())
-    source = open_input(input_path, matrix)
-    if source.header.interlace in ("t", "b") and progress:
-        print("hypersr: note: the input is interlaced; hypersr upscales whole frames, so deinterlace first for best results", file=sys.stderr)
-    try:
-        out = output_clip(source, upscale(to_rgb(source.clip, "RGBS", source.matrix), lora=lora, preset=preset, device=device, backend=backend))
-    except vs.Error as e:
-        raise HypersrError(error_message(e).removeprefix("hypersr.upscale: ")) from None
-
-    def produce(stream) -> int:
-        try:
-            return write_y4m(out, source.header, stream, source.total, progress)
-        except vs.Error as e:
-            raise HypersrError(error_message(e, "processing failed")) from None
-
-    if output_path == "-":
-        try:
-            written = produce(sys.stdout.buffer)
-        except BrokenPipeError:
-            raise
-        except OSError as e:
-            raise write_error("-", e) from None
-    else:
-        result = {}
-
-        def write_file(tmp: str) -> None:
-            with open(tmp, "wb") as f:
-                result["n"] = produce(f)
-
-        atomic_write(output_path, write_file)
-        written = result["n"]
-    if source.truncated:
-        raise HypersrError(source.truncated)
-    return written
-
-
-def run_analyse(input_path: str, output_path: str, preset: str | None, refine: int, device: str | None,
-                matrix: int | None = None, progress: bool = True):
-    """The `hypersr analyse` command: pass one over the whole input, then the LoRA file (atomically).
-    A truncated input writes nothing: a LoRA of part of a clip would be silently wrong for the rest."""
-    from ..engine import preset_registry
-    from ..engine.analyse import analyse_frames
-    from ..engine.lora import save_lora
-    from ..vsplugin import read_frames
-
-    if output_path == "-":
-        raise HypersrError("a LoRA is a file, not a stream: give -o a file name (e.g. -o clip.lora)")
-    check_output(output_path, input_path, *preset_registry.get(preset).files())
-    source = open_input(input_path, matrix)
-    rgb = to_rgb(source.clip, "RGBS", source.matrix)
-    try:
-        lora = analyse_frames(read_frames(rgb, source.total, progress), preset, refine, device, (rgb.width, rgb.height))
-    except vs.Error as e:
-        raise HypersrError(error_message(e, "processing failed")) from None
+def analyse_source(source: Source, preset, refine: int = 0, device: str | None = None, progress: bool = True,
+                   desc: str = "hypersr analyse", position: int | None = None):
+    """Pass one over a whole source: its LoRA. A truncated input gives none: a LoRA of part of a clip would
+    be silently wrong for the rest."""
+    lora = analyse_clip(source.rgb(), preset, refine, device, source.total, progress, desc, position)
     if source.truncated:
         raise HypersrError(f"{source.truncated}; no LoRA written (analyse the complete clip)")
-    if INTERRUPTED.is_set():
-        raise KeyboardInterrupt  # the input may have ended because the interrupt reached ffmpeg upstream too
-    save_lora(lora, output_path)
     return lora
+
+
+def upscale_source(source: Source, preset, lora=None, backend=None) -> vs.VideoNode:
+    """Pass two over a source, in the source's pixel layout (what sink.write_y4m writes)."""
+    rgb = source.rgb()
+    return output_clip(source, upscale_clip(rgb, upscaler_for(rgb, preset, lora, backend)))

@@ -1,0 +1,228 @@
+"""`hypersr bench quality | runs | real | memory | speed`: the measurements behind the README's tables;
+--update-card records them in the model cards (training/cards.py)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+from ..engine.errors import HypersrError
+from .options import DEFAULT_DATA_DIR, at_least
+
+
+def cmd_bench_runs(args) -> None:
+    from ..training.evaluate import evaluate_runs, runs_table, validation_clips
+
+    t0 = time.time()
+    print(runs_table(evaluate_runs(args.runs, validation_clips(args.data_dir, args.clips), args.device)))
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation, every frame)", file=sys.stderr)
+
+
+def cmd_bench_quality(args) -> None:
+    from ..engine import preset_registry
+    from ..training import peers
+    from ..training.evaluate import evaluate, table, validation_clips
+
+    names = args.preset or [preset_registry.DEFAULT_PRESET]
+    scales = {preset_registry.get(n).scale for n in names}
+    if len(scales) != 1:
+        raise HypersrError("compare presets of one scale at a time")
+    t0 = time.time()
+    results, missing = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out,
+                                args.export_variants, args.frames)
+    print(table(results, missing))
+    print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
+    if args.update_card:
+        import torch
+
+        from ..training import cards
+
+        for n in names:
+            p = preset_registry.get(n)
+            validation = {
+                "degradation": "bi",
+                "frames": args.frames or "all",
+                "clips": {c: {m: {k: round(r[m][k], 4) for k in ("y_psnr", "ssim")} for m in r if m in peers.NAMES or m.startswith(n)}
+                          for c, r in results.items()},
+                "command": cards.command(),
+                "torch": torch.__version__,
+            }
+            cards.update_card(p, lambda card, p=p, v=validation: card.update(complexity=preset_registry.complexity(p), validation=v))
+            print(f"updated {p.card_path}", file=sys.stderr)
+
+
+def cmd_bench_real(args) -> None:
+    import torch
+
+    from ..engine import preset_registry
+    from ..training import bench_real, cards, degradation
+    from ..training.data import load_pack
+    from ..training.evaluate import comparison_png, validation_clips
+
+    chains = args.chain or list(degradation.CHAINS)
+    unknown = sorted(set(chains) - set(degradation.CHAINS))
+    if unknown:
+        raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
+    presets = args.preset or ["fast-x2", "real-x2"]
+    for name in presets:
+        if (scale := preset_registry.get(name).scale) != 2:
+            raise HypersrError(f"bench real scores x2 presets (its chains shrink the clips by 2); {name} is x{scale}")
+    presets = [preset_registry.get(n) for n in presets]
+    probed = [p.name for p in presets if not args.no_probe and p.card.is_real_source and p.card.has_hypernet]
+    pack_path = args.data_dir / "train-pack.npz"
+    if (args.chain_lora or probed) and not pack_path.is_file():  # said now, not after the long part
+        raise HypersrError(f"training pack {pack_path} is missing (needed by --chain-lora and the degradation probe); "
+                           "make it with `hypersr data pack`, or pass --no-probe")
+    t0 = time.time()
+    clips = {name: hr[args.first : args.first + args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
+    pack = load_pack(pack_path) if (args.chain_lora or probed) else None
+    results, picture = bench_real.bench_real(presets, clips, chains, args.refine, not args.no_ceiling, args.device or "cpu",
+                                             progress=lambda line: print(line, file=sys.stderr), pack=pack if args.chain_lora else None)
+    table = bench_real.summarise(results)
+    print("Y-PSNR (dB)\n" + bench_real.format_table(table) + "\n\nSSIM\n" + bench_real.format_table(table, "ssim"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if picture:
+        png = args.out / f"real_{picture['chain']}_{picture['clip']}.png"
+        cols = picture["columns"]
+        comparison_png(png, {f"{m}  {results[picture['chain']][picture['clip']][m]['y_psnr']:.2f} dB" if m != "original" else m: v
+                             for m, v in cols.items()}, len(cols["original"]) // 2)
+        print(f"comparison: {png}", file=sys.stderr)
+    record = {"results": results, "table": table, "command": cards.command(), "torch": torch.__version__,
+              "frames": f"{args.first}..{args.first + args.frames - 1} of each validation clip"}
+    for name in probed:
+        probe = bench_real.degradation_probe(name, pack)
+        record.setdefault("degradation_probe", {})[name] = probe
+        print(f"\nWhat {name}'s clip summary knows of the degradation (ridge probe, held-out sampled clips):")
+        for what, r in probe.items():
+            print(f"  {what}: " + ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()))
+    (args.out / "bench_real.json").write_text(json.dumps(record, indent=1))
+    if args.update_card:
+        for p in presets:
+            if p.card.is_real_source:
+                cards.update_card(p, lambda card, p=p: card.update(validation_real=bench_real.card_record(record, p.name, cards.hardware())))
+                print(f"updated {p.card_path}", file=sys.stderr)
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped; frames {args.first}..{args.first + args.frames - 1} "
+          f"of each clip; {cards.hardware()})", file=sys.stderr)
+
+
+def cmd_bench_memory(args) -> None:
+    import torch
+
+    from ..engine import preset_registry
+    from ..training import bench_memory, cards
+    from ..training.evaluate import validation_clips
+
+    p = preset_registry.get(args.preset)
+    t0 = time.time()
+    print("real validation clips", file=sys.stderr)
+    real = bench_memory.real_clips(p.name, validation_clips(args.data_dir, args.clips), args.refine)
+    print("memory test", file=sys.stderr)
+    memory = bench_memory.memory_test(p.name, args.data_dir, max(args.refine), stills=args.stills)
+    rss = {n: bench_memory.pass_one_peak_rss(p.name, n) for n in (200, 2000)}
+    print(bench_memory.table(real, memory, rss, args.refine))
+    print(f"({time.time() - t0:.0f} s; {cards.hardware()})", file=sys.stderr)
+    if args.update_card:
+        validation = {
+            "real_clips": {c: {k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for c, r in real.items()},
+            "memory_test": {**memory, "mean": {k: round(v, 4) for k, v in memory["mean"].items()},
+                            "per_still": [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in memory["per_still"]]},
+            "pass_one_peak_rss_mb": {str(n): round(mb) for n, mb in rss.items()},
+            "hardware": cards.hardware(),
+            "command": cards.command(),
+            "torch": torch.__version__,
+        }
+        cards.update_card(p, lambda card: card["hypernet"].update(validation=validation))
+        print(f"updated {p.card_path}", file=sys.stderr)
+
+
+def cmd_bench_speed(args) -> None:
+    import torch
+
+    from ..engine import preset_registry
+    from ..training import bench_speed, peers
+
+    backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    for gpu in sorted({"cuda", "trt"} & set(backends)):
+        if not torch.cuda.is_available():  # said before the CPU rows, not after them
+            raise HypersrError(f"--backend {gpu} needs a CUDA GPU, and torch sees none here; use --backend cpu")
+    names = args.preset or preset_registry.available()
+    sizes = None
+    if args.size:
+        size = re.fullmatch(r"(\d+)x(\d+)", args.size)
+        least = max(preset_registry.get(n).min_size for n in names)
+        if not size or min(int(size[1]), int(size[2])) < least:
+            raise HypersrError(f"--size {args.size}: give the LR frame as WIDTHxHEIGHT, each {least} or more (e.g. 640x360)")
+        sizes = {2: [(int(size[1]), int(size[2]))], 4: [(int(size[1]), int(size[2]))]}
+    unknown = sorted(set(args.peer or []) - set(peers.NAMES))
+    if unknown:
+        raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are {', '.join(peers.NAMES)}")
+    rows, peaks = bench_speed.bench(names, backends, args.frames, sizes,
+                                    progress=lambda line: print(line, file=sys.stderr),
+                                    peer_names=tuple(dict.fromkeys([*bench_speed.PEERS, *(args.peer or [])])))
+    print(bench_speed.table(rows, peaks))
+    from ..training.cards import hardware
+
+    machine = hardware()
+    if {"cuda", "trt"} & set(backends):
+        machine += f"; GPU: {torch.cuda.get_device_name()}"
+    print("measured peak: " + ", ".join(f"{b} {g:.0f} GFLOP/s" for b, g in peaks.items()) + f"; {machine}; torch {torch.__version__}")
+
+
+
+def add_commands(sub) -> None:
+    bench = sub.add_parser("bench", help="measure").add_subparsers(dest="what", required=True)
+    bq = bench.add_parser("quality", help="Y-PSNR / SSIM on the validation clips against bicubic, Lanczos, nnedi3 and LIIF")
+    bq.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2)")
+    bq.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bq.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bq.add_argument("--device", default=None)
+    bq.add_argument("--out", type=Path, default=Path("bench-out"), help="where the plot and crops go (default %(default)s)")
+    bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
+    bq.add_argument("--frames", type=at_least(1), help="score this many frames spread over each clip (default all; LIIF needs it: it is slow)")
+    bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
+    bq.set_defaults(func=cmd_bench_quality)
+
+    br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")
+    br.add_argument("runs", nargs="+", type=Path, help="run directories of `hypersr train base --out DIR`")
+    br.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    br.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    br.add_argument("--device", default="cpu")
+    br.set_defaults(func=cmd_bench_runs)
+
+    brl = bench.add_parser("real", help="quality on real-source degradations (codecs, blur, noise): peers, presets, memory, ceiling")
+    brl.add_argument("--preset", action="append", help="preset to measure (repeatable; default fast-x2 and real-x2)")
+    brl.add_argument("--chain", action="append", help="degradation chain (repeatable; default all)")
+    brl.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    brl.add_argument("--frames", type=at_least(1), default=24, help="frames per clip (default %(default)s)")
+    brl.add_argument("--first", type=at_least(0), default=0, help="first frame of each clip (default %(default)s)")
+    brl.add_argument("--refine", type=at_least(0), default=10, help="refine steps for the '+ refine' column (0: no column; default %(default)s)")
+    brl.add_argument("--no-ceiling", action="store_true", help="skip the HR-fitted LoRA (the slowest column)")
+    brl.add_argument("--update-card", action="store_true", help="record the tables and the probe in each real preset's model card")
+    brl.add_argument("--chain-lora", action="store_true", help="also a LoRA fitted per chain on training clips (needs the training pack)")
+    brl.add_argument("--no-probe", action="store_true", help="skip the probe of what the clip summary knows of the degradation")
+    brl.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    brl.add_argument("--device", default=None)
+    brl.add_argument("--out", type=Path, default=Path("bench-out"), help="where the comparison PNG and the JSON go (default %(default)s)")
+    brl.set_defaults(func=cmd_bench_real)
+
+    bm = bench.add_parser("memory", help="the hypernet's gain on real clips and the memory test; pass one's time and memory")
+    bm.add_argument("--preset", default="fast-x2")
+    bm.add_argument("--refine", type=at_least(0), nargs="+", default=[10, 50], help="refine steps to compare (default 10 50)")
+    bm.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bm.add_argument("--stills", type=at_least(1), default=8, help="validation stills in the memory test (default 8)")
+    bm.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bm.add_argument("--update-card", action="store_true", help="record the results in the preset's model card")
+    bm.set_defaults(func=cmd_bench_memory)
+
+    bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
+    bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")
+    bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
+    bs.add_argument("--frames", type=at_least(1), default=3, help="timed frames per row, after one warm-up frame (default 3)")
+    bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
+    bs.add_argument("--peer", action="append", help="also time this peer (lanczos and nnedi3 are timed anyway; liif: minutes a frame on a CPU)")
+    bs.set_defaults(func=cmd_bench_speed)
+

@@ -1,0 +1,155 @@
+"""`hypersr train base | hypernet | blend`: train a preset's network, its hypernet, a real-source preset's
+clean blend; --install puts the result into presets/ (training/cards.py writes the card)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..engine.errors import HypersrError
+from .options import at_least, check_training_side, training_parser, with_overrides
+
+
+def cmd_train_base(args) -> None:
+    from ..engine import preset_registry
+    from ..engine.backends import resolve_device
+    from ..training.train import train_base
+
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
+    preset = preset_registry.get(args.preset)
+    hp = preset.card.hyperparameters
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
+    check_training_side("--patch", hp["patch"], preset)
+    arch = with_overrides(preset.card.architecture.as_dict(), args.arch)
+    if hp.get("init") and preset_registry.get(hp["init"]).card.architecture.as_dict() != arch:
+        raise HypersrError(f"--init {hp['init']}: its network is not {preset.name}'s ({'with --arch' if args.arch else 'another architecture'}); "
+                           "start from a preset with the same architecture")
+    out = args.out = Path(args.out or f"runs/{preset.name}")
+    t0 = time.time()
+    if args.install and arch != preset.card.architecture.as_dict():
+        raise HypersrError("--install with --arch would make the card lie; change the card's architecture instead")
+    weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
+                         preset.card.degradation, device=args.device, max_minutes=args.max_minutes, **hp)
+    if args.install:
+        from ..training import cards
+
+        pack = args.pack or args.data_dir / "train-pack.npz"
+        data = cards.PACK_DATA + (cards.REAL_WINDOWS.format(bank=hp.get("bank", 4096)) if preset.card.is_real_source else "")
+        cards.install_weights(preset, weights, cards.training_record(args.device, hp, pack, t0, data, out))
+        print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
+
+
+def cmd_train_hypernet(args) -> None:
+    from ..engine import preset_registry
+    from ..engine.backends import resolve_device
+    from ..engine.files import readable_file, sha256_file
+    from ..training.train import AUX_WEIGHT, HYPERNET_ARCH, HYPERNET_HYPERPARAMETERS, train_hypernet
+
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
+    preset = preset_registry.get(args.preset)
+    section = preset.card.hypernet
+    hp = {**HYPERNET_HYPERPARAMETERS, "size": 64 * preset.scale, **(section.training.get("hyperparameters", {}) if section else {})}
+    hp.pop("init", None)  # where the installed hypernet started is its history, not a default for the next run
+    for key in ("steps", "lr", "seed", "size"):
+        if getattr(args, key) is not None:
+            hp[key] = getattr(args, key)
+    check_training_side("--size", hp["size"], preset)
+    arch = with_overrides(section.architecture if section else HYPERNET_ARCH, args.arch)
+    pack = args.pack or args.data_dir / "train-pack.npz"
+    if args.init:
+        readable_file(args.init, "--init hypernet")
+    degradation = preset.card.degradation
+    t0 = time.time()
+    out = args.out = Path(args.out or f"runs/{preset.name}-hypernet")
+    weights = train_hypernet(preset, arch, out, pack, degradation, device=args.device, init=args.init, max_minutes=args.max_minutes, **hp)
+    if args.install:
+        from ..training import cards
+
+        data = cards.HYPERNET_DATA + (cards.REAL_CLIPS.format(aux=AUX_WEIGHT) if preset.card.is_real_source else "")
+        if args.init:
+            data += f"; started from the hypernet {args.init.name} (sha256 {sha256_file(args.init)[:16]}), new inputs at zero"
+        hp = {**hp, "init": args.init.name} if args.init else hp
+        cards.install_hypernet(preset, weights, arch, cards.training_record(args.device, hp, pack, t0, data, out))
+        print(f"installed {weights} as the hypernet of preset {preset.name}", file=sys.stderr)
+
+
+def cmd_train_blend(args) -> None:
+    from safetensors.torch import save_file
+
+    from ..engine import preset_registry
+    from ..engine.backends import resolve_device
+    from ..engine.files import atomic_write
+    from ..training.blend import fit_blend
+
+    args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
+    preset = preset_registry.get(args.preset)
+    clean = preset_registry.get(args.clean or preset.card.init or "fast-x2")
+    if not preset.card.has_hypernet:
+        raise HypersrError(f"preset {preset.name} has no trained hypernet to add a clean blend to; "
+                           f"`hypersr train hypernet --preset {preset.name}` first")
+    if args.clips < 20:
+        raise HypersrError(f"--clips {args.clips} is too few to fit and check a blend on; give 20 or more (default 600)")
+    pack = args.pack or args.data_dir / "train-pack.npz"
+    out = Path(args.out or f"runs/{preset.name}-blend")
+    nearest = next(p for p in (out, *out.parents) if p.exists())  # fail before the fit, not after it
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK):
+        raise HypersrError(f"cannot make the run folder {out}: {nearest} is not a writable folder; give another --out")
+    t0 = time.time()
+    hypernet, arch, report = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
+    out.mkdir(parents=True, exist_ok=True)
+    weights = out / f"{preset.name}.hypernet.safetensors"
+    state = {k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(out / "blend.json", lambda tmp: Path(tmp).write_text(json.dumps(report, indent=1) + "\n"))
+    print(json.dumps(report, indent=1))
+    if args.install:
+        from ..training import cards
+
+        record = {"clean_preset": clean.name, "clean_sha256": clean.sha256, "base_sha256": preset.sha256, **report,
+                  **cards.training_record(args.device, {}, pack, t0, "")}
+        for key in ("hyperparameters", "data"):
+            record.pop(key)
+        cards.install_hypernet(preset, weights, arch, preset.card.hypernet.training, {"blend": record})
+        print(f"installed {weights} (with the clean blend toward {clean.name}) as the hypernet of preset {preset.name}", file=sys.stderr)
+
+
+
+def add_commands(sub) -> None:
+    train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
+    tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
+    tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
+    tb.add_argument("--init", metavar="PRESET", help="start from this preset's weights (same architecture), e.g. to fine-tune on a new pack")
+    tb.add_argument("--trainable", action="append", metavar="PREFIX",
+                    help="train only the parameters whose names start so (repeatable, e.g. --trainable fuse); the rest stay as --init made them")
+    tb.add_argument("--steps", type=at_least(1))
+    tb.add_argument("--batch", type=at_least(1))
+    tb.add_argument("--patch", type=at_least(1),
+                    help="HR side of the training windows: a multiple of the scale, at least the preset's minimum frame size times it")
+    tb.add_argument("--lr", type=float)
+    tb.add_argument("--seed", type=int)
+    tb.add_argument("--bank", type=at_least(16), help="real-source presets: degraded training windows made at the start (default: the card's)")
+    tb.add_argument("--val-every", type=at_least(1), help="steps between validations and checkpoints (default 250)")
+    tb.add_argument("--install", action="store_true", help="copy the weights into presets/ and update the card")
+    tb.set_defaults(func=cmd_train_base)
+    th = training_parser(train, "hypernet", "meta-train a preset's hypernet (its base weights frozen)", "runs/PRESET-hypernet")
+    th.add_argument("--steps", type=at_least(1))
+    th.add_argument("--lr", type=float)
+    th.add_argument("--seed", type=int)
+    th.add_argument("--size", type=at_least(1), help="HR side of the training clips: a multiple of the scale, at least the preset's "
+                    "minimum frame size times it (default 64 LR pixels x scale)")
+    th.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override a hypernet architecture field (evidence=true)")
+    th.add_argument("--init", type=Path, metavar="FILE", help="start from these hypernet weights (inputs it lacks start at zero)")
+    th.add_argument("--install", action="store_true", help="copy the weights into presets/ and record them in the card")
+    th.set_defaults(func=cmd_train_hypernet)
+    tl = training_parser(train, "blend", "fit how far each clip's LoRA moves a real-source preset toward its clean twin",
+                         "runs/PRESET-blend")
+    tl.add_argument("--clean", metavar="PRESET", help="the same network trained on clean input (default: the preset it was fine-tuned from)")
+    tl.add_argument("--clips", type=int, default=600, help="sampled training clips to fit on (default %(default)s)")
+    tl.add_argument("--seed", type=int, default=0)
+    tl.add_argument("--install", action="store_true", help="copy the hypernet into presets/ and record the blend in the card")
+    tl.set_defaults(func=cmd_train_blend)
