@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from . import preset_registry
+from .backends import resolve_device
 from .bi import bi_downscale
 from .errors import HypersrError
 from .fitting import fit_factors
 from .hypernet import ClipSummary
 from .lora import LoRA
-from .backends import resolve_device
 
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
 REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop

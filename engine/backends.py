@@ -61,7 +61,7 @@ class CUDA:
 
     def device(self) -> torch.device:
         _whole(self.num_streams, "num_streams", 1)
-        return resolve_device(f"cuda:{_whole(self.device_index, 'device_index', 0)}")
+        return _gpu(self)
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,14 @@ class TRT:
     def device(self) -> torch.device:
         import_torch_tensorrt()  # its install hint first: without it, nothing else matters
         _whole(self.num_streams, "num_streams", 1)
-        return resolve_device(f"cuda:{_whole(self.device_index, 'device_index', 0)}")
+        return _gpu(self)
+
+
+def _gpu(options: CUDA | TRT) -> torch.device:
+    index = _whole(options.device_index, "device_index", 0)
+    if not torch.cuda.is_available():
+        raise HypersrError(f"Backend.{options.name.upper()} runs on an NVIDIA GPU, and torch sees none here; use Backend.CPU()")
+    return resolve_device(f"cuda:{index}")
 
 
 BackendOptions = CPU | CUDA | TRT
