@@ -25,14 +25,22 @@ case "$MODE" in
 prepare)
   mkdir -p "$GPU"
   grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-  # the wheels (VapourSynth 6 MB, PyAV 35 MB) and the repository (14 MB) leave ~9 MB for the pack: K=0.6
+  # the wheels (VapourSynth 6 MB, PyAV 35 MB) and the repository (19 MB on 2026-12-05) leave ~3 MB for the pack,
+  # less than its validation and carphone clips alone (12 MB): the check below refuses until that is solved
   [ -f "$GPU/pack.npz" ] || .venv/bin/hypersr data pack --crops-per-sqrt-mpx 0.6 --out "$GPU/pack.npz" || exit 1
   for pkg in vapoursynth av; do
     python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
       -d "$GPU/wheels" "$pkg==$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('$pkg'))")" || exit 1
   done
-  du -sh "$GPU"; exit 0 ;;
+  # a device call carries the tracked tree and .gpu/ together, 64 MiB at most: say so here, not on the device
+  tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1); gpu=$(du -sb "$GPU" | cut -f1)
+  echo "tree $((tree / 1048576)) MiB + $GPU $((gpu / 1048576)) MiB (the pack $(($(stat -c %s "$GPU/pack.npz") / 1048576)) MiB)"
+  if [ $((tree + gpu)) -gt $((64 * 1048576)) ]; then
+    echo "too big for one device call (64 MiB): make the pack smaller (rm $GPU/pack.npz; a smaller --crops-per-sqrt-mpx)," \
+         "or leave a wheel out" >&2; exit 1
+  fi
+  exit 0 ;;
 run)
   OUT=${OUT:?run it through the device tool, which sets OUT}
   DEVICE=cuda; MINUTES=5; STEPS=(8000); BATCH=32; VAL=1000; BANK=16384; SIZE=; TESTS=(-k cuda)
