@@ -61,6 +61,7 @@ class _Slot:
 
     runner_slot: Any
     frames: OrderedDict = field(default_factory=OrderedDict)
+    fetched: int = 0  # frames fetched and uploaded by this stream
 
 
 class Upscaler:
@@ -101,10 +102,15 @@ class Upscaler:
         self.model = self.runner.model
         self.scale, self.window = self.preset.scale, self.preset.window
         self.tile, self.tile_pad = tile, tile_pad
-        self.fetched = 0  # LR frames fetched and uploaded, over all streams
+        self._all_slots = [_Slot(self.runner.new_slot()) for _ in range(self.options.num_streams)]
         self._slots: queue.Queue = queue.Queue()
-        for _ in range(self.options.num_streams):
-            self._slots.put(_Slot(self.runner.new_slot()))
+        for slot in self._all_slots:
+            self._slots.put(slot)
+
+    @property
+    def fetched(self) -> int:
+        """LR frames fetched and uploaded so far, over all streams."""
+        return sum(slot.fetched for slot in self._all_slots)
 
     def check_size(self, width: int, height: int) -> None:
         m = self.preset.min_size
@@ -147,7 +153,7 @@ class Upscaler:
                 x = slot.frames.get(m)
                 if x is None:
                     x = slot.frames[m] = self.runner.to_device(np.ascontiguousarray(fetch(m)), slot.runner_slot)
-                    self.fetched += 1
+                    slot.fetched += 1
                     while len(slot.frames) > 2 * self.window:  # the oldest first: streams walk the clip forwards
                         slot.frames.popitem(last=False)
                 else:
