@@ -139,6 +139,35 @@ def cmd_bench_memory(args) -> None:
         print(f"updated {p.card_path}", file=sys.stderr)
 
 
+def cmd_bench_never_worse(args) -> None:
+    import torch
+
+    from ..engine import preset_registry
+    from ..training import bench_memory, cards, degradation
+    from ..training.evaluate import validation_clips
+
+    names = args.preset or [n for n in preset_registry.available() if preset_registry.get(n).card.has_hypernet]
+    for name in names:
+        if not preset_registry.get(name).card.has_hypernet:
+            raise HypersrError(f"preset {name} has no hypernet (no memory to measure); leave it out")
+    t0 = time.time()
+    clips = {name: hr[: args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
+    results = bench_memory.never_worse(names, clips, list(degradation.CHAINS), progress=lambda line: print(line, file=sys.stderr))
+    print("Memory minus base, Y-PSNR (dB): pass one (analyse, its safety check included) then pass two, against pass two alone")
+    print(bench_memory.never_worse_table(results))
+    print(f"({time.time() - t0:.0f} s; frames 0..{args.frames - 1} of each clip; {cards.hardware()})", file=sys.stderr)
+    if args.update_card:
+        for name in names:
+            gains = {c: {clip: round(r["memory"] - r["base"], 4) for clip, r in per_clip.items()} for c, per_clip in results[name].items()}
+            flat = [g for per_clip in gains.values() for g in per_clip.values()]
+            record = {"memory_minus_base_y_psnr": gains, "worst": min(flat), "mean": round(sum(flat) / len(flat), 4),
+                      "frames": f"0..{args.frames - 1} of each validation clip", "command": cards.command(),
+                      "hardware": cards.hardware(), "torch": torch.__version__}
+            p = preset_registry.get(name)
+            cards.update_card(p, lambda card, record=record: card["hypernet"].update(never_worse=record))
+            print(f"updated {p.card_path}", file=sys.stderr)
+
+
 def cmd_bench_speed(args) -> None:
     import torch
 
@@ -217,6 +246,14 @@ def add_commands(sub) -> None:
     bm.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bm.add_argument("--update-card", action="store_true", help="record the results in the preset's model card")
     bm.set_defaults(func=cmd_bench_memory)
+
+    bn = bench.add_parser("never-worse", help="memory against base on every chain x validation clip, for each preset with a hypernet")
+    bn.add_argument("--preset", action="append", help="preset (repeatable; default every preset with a hypernet)")
+    bn.add_argument("--frames", type=at_least(1), default=8, help="frames per clip (default %(default)s, as the test)")
+    bn.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bn.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bn.add_argument("--update-card", action="store_true", help="record the gains in each preset's model card")
+    bn.set_defaults(func=cmd_bench_never_worse)
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")

@@ -100,8 +100,10 @@ def cmd_train_blend(args) -> None:
     if not nearest.is_dir() or not os.access(nearest, os.W_OK):
         raise HypersrError(f"cannot make the run folder {out}: {nearest} is not a writable folder; give another --out")
     t0 = time.time()
-    hypernet, arch, report = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
+    hypernet, arch, report, measured = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
     out.mkdir(parents=True, exist_ok=True)
+    x, table, is_clean = measured  # kept so that a change of the fit needs no new measurement
+    atomic_write(out / "measured.safetensors", lambda tmp: save_file({"features": x, "y_psnr": table, "clean": is_clean}, str(tmp)))
     weights = out / f"{preset.name}.hypernet.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))

@@ -8,12 +8,21 @@
 Integrations (the `hypersr analyse` command, vsplugin.analyse) only feed frames in. `--refine N` is N
 steps of self-supervised test-time training of the predicted LoRA: pairs made from the clip itself, its
 LR frames downscaled again -> the LR frames, on a fixed-size random sample of the clip's windows.
+
+The safety check: a memory must never leave a clip worse than pass two alone. Pass one keeps crops of a
+few of the clip's frames (chosen by a hash of the frame number, so segments merge exactly) and, at the
+end, upscales them from one scale down with the LoRA at each strength in CHECK_STRENGTHS. Where the full
+LoRA restores them worse than the base by more than CHECK_HARM_DB, the LoRA file gets the strength
+that does best there (0: the base unchanged); otherwise strength 1. The check is believed only for
+a clear harm: on crops made from the clip by BI downscaling it misjudges small changes on compressed
+clips either way (the model cards and README give the measurements).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import numbers
 from dataclasses import dataclass
 
@@ -26,13 +35,41 @@ from .bi import bi_downscale
 from .errors import HypersrError
 from .fitting import fit_factors
 from .hypernet import ClipSummary
-from .lora import LoRA
+from .lora import LoRA, lora_applied
 
 REFINE_WINDOWS = 32  # windows kept for --refine, whatever the clip's length
 REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop
 REFINE_BATCH = 8
 REFINE_LR = 1e-3
 REFINE_CHECK = 5  # refine steps between checks of the held-out loss
+CHECK_FRAMES = 32  # frames the safety check keeps, whatever the clip's length
+CHECK_CROP = 32  # LR pixels of the check's inputs (the crops kept are CHECK_CROP * scale)
+CHECK_STRENGTHS = (0.0, 0.5, 1.0)
+CHECK_HARM_DB = 0.2
+
+
+def frame_key(i: int) -> int:
+    """A fixed pseudo-random 64-bit key per frame number (splitmix64): the check keeps the frames with the
+    lowest keys, a choice that does not depend on how the clip was cut into segments."""
+    z = (i + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
+    return z ^ (z >> 31)
+
+
+def check_crop(frame: np.ndarray, key: int, scale: int) -> np.ndarray:
+    """The crop of `frame` the check keeps, placed by the key's low bits."""
+    h, w = frame.shape[-2:]
+    c = min(CHECK_CROP * scale, h, w)
+    c -= c % scale
+    y, x = (key & 0xFFFF) % (h - c + 1), ((key >> 16) & 0xFFFF) % (w - c + 1)
+    return frame[:, y : y + c, x : x + c].copy()
+
+
+def keep_lowest(kept: dict[int, np.ndarray], more: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """The CHECK_FRAMES entries with the lowest keys of both (a bottom-k sample: mergeable, O(1) memory)."""
+    both = {**kept, **more}
+    return {k: both[k] for k in sorted(both)[:CHECK_FRAMES]}
 
 
 def fingerprint_indices(n: int) -> list[int]:
@@ -68,6 +105,7 @@ class Segment:
     summary: ClipSummary
     digests: dict[int, str]  # fingerprint frames among these
     last_digest: str
+    check: dict[int, np.ndarray]  # the safety check's crops among these, by frame key
 
 
 class Analyser:
@@ -94,6 +132,7 @@ class Analyser:
         self._recent: list[np.ndarray] = []  # the last 2k+1 frames, for refine windows
         self._windows: list[np.ndarray] = []  # reservoir sample of window crops for refine
         self._seen_windows = 0
+        self._check: dict[int, np.ndarray] = {}  # frame key -> crop, for the safety check
 
     @torch.inference_mode()
     def update(self, frame: np.ndarray) -> None:
@@ -112,6 +151,9 @@ class Analyser:
             self._digests[i] = self._last_digest
         if self.refine:
             self._keep_window(frame)
+        key = frame_key(i)
+        if len(self._check) < CHECK_FRAMES or key < max(self._check):
+            self._check = keep_lowest(self._check, {key: check_crop(frame, key, self.preset.scale)})
         self.n += 1
 
     def check_size(self, w: int, h: int) -> None:
@@ -139,7 +181,7 @@ class Analyser:
             self._windows[slot] = crop
 
     def segment(self) -> Segment:
-        return Segment(self.first, self.n, self.size, self.summary, dict(self._digests), self._last_digest)
+        return Segment(self.first, self.n, self.size, self.summary, dict(self._digests), self._last_digest, dict(self._check))
 
     def absorb(self, seg: Segment) -> None:
         """Merge the summary of the frames that follow this analyser's (refine windows are not merged)."""
@@ -151,6 +193,7 @@ class Analyser:
         self.size, self.n = seg.size, self.n + seg.frames
         self._digests.update(seg.digests)
         self._last_digest = seg.last_digest
+        self._check = keep_lowest(self._check, seg.check)
 
     def fingerprint(self) -> str:
         if self.first != 0:
@@ -168,11 +211,45 @@ class Analyser:
         with torch.inference_mode():
             if (share := self.hypernet.clean_share(self.summary)) is not None:
                 made_by["clean_share"] = round(share, 4)
+            strength, gains = safety_strength(self.base, factors, [self._check[k] for k in sorted(self._check)], self.preset.scale)
+        made_by["check"] = {"strength": strength, "gain_db": {str(s): round(g, 4) for s, g in gains.items()}}
         return LoRA(
             preset=self.preset.name, base_sha256=self.preset.sha256, upscale_factor=self.preset.scale, rank=self.hypernet.lora_rank,
-            factors={k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()},
+            factors={k: (a.detach().cpu(), b.detach().cpu()) for k, (a, b) in factors.items()}, strength=strength,
             clip_fingerprint=self.fingerprint(), made_by=made_by,
         )
+
+
+def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) -> tuple[float, dict[float, float]]:
+    """The strength the LoRA file gets (1, unless the full LoRA restores the check's crops from one scale down
+    worse than the base by more than CHECK_HARM_DB: then the strength that does best there), and each
+    strength's gain over the base on the crops (dB)."""
+    device = next(base.parameters()).device
+    by_size: dict[tuple, list[np.ndarray]] = {}
+    for c in crops:  # frames smaller than the crop give smaller crops
+        by_size.setdefault(c.shape, []).append(c)
+    border = 2 * scale  # the inputs' zero padding is not what the frames' interiors see
+
+    def mse(strength: float) -> float:
+        err, n = 0.0, 0
+        scaled = {k: (a, strength * b) for k, (a, b) in factors.items()}
+        with lora_applied(base, scaled):
+            for group in by_size.values():
+                target = torch.from_numpy(np.stack(group)).to(device)
+                small = bi_downscale(target, scale)
+                out = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
+                d = (out - target)[..., border:-border, border:-border]
+                y = 0.299 * d[:, 0] + 0.587 * d[:, 1] + 0.114 * d[:, 2]
+                err, n = err + float(y.double().square().sum()), n + y.numel()
+        return err / max(n, 1)
+
+    at_zero = mse(0.0)
+    if at_zero == 0:  # flat frames: nothing to tell the strengths apart
+        return 1.0, dict.fromkeys(CHECK_STRENGTHS, 0.0)
+    gains = {s: (10 * math.log10(at_zero / max(mse(s), 1e-20)) if s else 0.0) for s in CHECK_STRENGTHS}
+    if gains[1.0] >= -CHECK_HARM_DB:
+        return 1.0, gains
+    return max(gains, key=gains.get), gains
 
 
 def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator) -> dict:

@@ -100,4 +100,26 @@ def test_train_blend_fits_on_sampled_clips_and_refuses_bad_requests(tmp_path):
     report = json.loads((tmp_path / "run" / "blend.json").read_text())
     assert report["clips"] == 20 and report["held_out_clips"] == 4
     scores = report["held_out_y_psnr"]
-    assert scores["best grid alpha (oracle)"] >= max(v for k, v in scores.items() if k != "best grid alpha (oracle)") - 1e-6
+    predicted = [report[k]["y_psnr"] for k in ("predicted alpha", "predicted alpha, fitted without the harm weight")]
+    assert scores["best grid alpha (oracle)"] >= max(*scores.values(), *predicted) - 1e-6
+    assert (tmp_path / "run" / "measured.safetensors").is_file()
+
+
+def test_the_harm_weight_makes_fewer_clips_worse():
+    # feature 0 tells clean from degraded only roughly: a fit for the mean blends some degraded clips, which
+    # lose more than the clean ones gain; weighing losses more keeps more of them at alpha 0
+    rng = np.random.default_rng(1)
+    n = 1000
+    clean = rng.random(n) < 0.5
+    x = torch.tensor(np.c_[clean * 1.0 + rng.normal(0, 0.6, n)], dtype=torch.float32)
+    grid = torch.tensor(GRID)
+    table = torch.where(torch.tensor(clean)[:, None], 35 + 1.0 * grid, 35 - 1.0 * grid)
+
+    def worse(harm):
+        w, b = fit_head(x, table, penalty=1e-4, harm_weight=harm)
+        gain = psnr_at((x @ w + b).clamp(0, 1), table) - table[:, 0]
+        return int((gain < -0.1).sum()), float(gain.mean())
+
+    (harmed_sym, gain_sym), (harmed, gain) = worse(0.0), worse(4.0)
+    assert harmed < 0.7 * harmed_sym, (harmed, harmed_sym)
+    assert gain > 0 and gain < gain_sym + 1e-6  # the safety costs some mean gain, and still gains

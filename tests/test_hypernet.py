@@ -17,6 +17,7 @@ from hypersr.engine import preset_registry
 from hypersr.engine.analyse import Analyser, analyse_frames, summary_of
 from hypersr.engine.hypernet import build_hypernet
 from hypersr.engine.lora import LoRA, load_lora, save_lora
+from hypersr.training.degradation import quantise
 from hypersr.training.metrics import y_psnr
 from hypersr.vsplugin import Backend, upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array, open_video, to_rgb
@@ -70,6 +71,55 @@ def test_split_and_merge_equals_the_whole_clip(frames):
     for (A1, B1), (A2, B2) in zip(a.hypernet.factors(merged).values(), b.hypernet.factors(whole).values()):
         torch.testing.assert_close(A1, A2, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(B1, B2, rtol=1e-5, atol=1e-7)
+
+
+def test_segments_keep_the_same_safety_check_crops_as_the_whole_clip(frames):
+    from hypersr.engine.analyse import CHECK_FRAMES
+
+    long = np.random.default_rng(4).random((CHECK_FRAMES + 20, 3, 40, 56), dtype=np.float32)
+    whole = Analyser()
+    for f in long:
+        whole.update(f)
+    first, second = Analyser(), Analyser(first_index=13)
+    for f in long[:13]:
+        first.update(f)
+    for f in long[13:]:
+        second.update(f)
+    first.absorb(second.segment())
+    assert len(whole._check) == CHECK_FRAMES and sorted(whole._check) == sorted(first._check)
+    assert all(np.array_equal(whole._check[k], first._check[k]) for k in whole._check)
+    a, b = whole.lora(), first.lora()
+    assert a.strength == b.strength and a.made_by["check"] == b.made_by["check"]
+
+
+def test_the_safety_check_turns_off_a_lora_that_harms_the_clip(sample_hr):
+    """A LoRA that makes the clip clearly worse (the learnt factors pointed the wrong way and scaled up)
+    gets strength 0 from pass one's check, which sees only the LR clip; the clip's own LoRA keeps 1."""
+    from hypersr.engine.analyse import safety_strength
+    from hypersr.training import degradation as deg
+
+    p = preset_registry.get("fast-x2")
+    hr = torch.from_numpy(sample_hr[:6])
+    lr = deg.apply_bi(hr, 2)
+    analyser = Analyser(p.name)
+    for f in lr.numpy():
+        analyser.update(f)
+    own = analyser.lora()
+    assert own.strength == 1.0
+    harmful = {k: (a, -12 * b) for k, (a, b) in own.factors.items()}
+    crops = [analyser._check[k] for k in sorted(analyser._check)]
+    with torch.inference_mode():
+        strength, gains = safety_strength(analyser.base, harmful, crops, 2)
+        truth = {s: float(np.mean([y_psnr(o, h) for o, h in zip(upscale_frames(p, lr, harmful, s), hr)])) for s in (0.0, 1.0)}
+    assert truth[1.0] < truth[0.0] - 0.5, truth  # the LoRA really harms the clip
+    assert gains[1.0] < -0.2 and strength == 0.0, gains
+
+
+def upscale_frames(p, lr: torch.Tensor, factors: dict, strength: float) -> torch.Tensor:
+    from hypersr.training.train import upscale_clip
+
+    lora = LoRA(p.name, p.sha256, p.scale, next(iter(factors.values()))[0].shape[0], factors, strength=strength)
+    return quantise(upscale_clip(preset_registry.load_model(p, lora), lr))
 
 
 def test_same_clip_gives_a_byte_identical_lora_file(tmp_path):

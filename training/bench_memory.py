@@ -56,6 +56,47 @@ def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) 
     return out
 
 
+def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], progress=None) -> dict:
+    """Every preset with a hypernet x chain x clip: Y-PSNR of pass two alone ("base") and after pass one
+    ("memory": `analyse`, no refine, then pass two with its LoRA), both as users run them. The LR clip is
+    the HR clip through the chain at the preset's scale (seed 0). results[preset][chain][clip] = {base, memory}."""
+    from . import degradation as deg
+
+    out: dict = {}
+    for name in presets:
+        p = preset_registry.get(name)
+        out[name] = {}
+        for chain in chains:
+            out[name][chain] = {}
+            for clip, hr in clips.items():
+                hr = crop_to_multiple(hr, p.scale)
+                lr = deg.apply(hr, p.scale, deg.CHAINS[chain], np.random.default_rng(0))
+                lora = analyse_frames(lr.numpy(), name)
+                row = {"base": psnr(upscale_frames(name, lr), hr), "memory": psnr(upscale_frames(name, lr, lora), hr)}
+                out[name][chain][clip] = row
+                if progress:
+                    progress(f"{name} {chain} {clip}: base {row['base']:.3f}, memory {row['memory']:.3f} "
+                             f"({row['memory'] - row['base']:+.3f})")
+    return out
+
+
+def crop_to_multiple(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    h, w = hr.shape[-2:]
+    return hr[..., : h - h % scale, : w - w % scale]
+
+
+def never_worse_table(results: dict) -> str:
+    """Memory minus base per chain (rows) and preset x clip (columns), with each preset's worst pair."""
+    cols = [(p, c) for p, per_chain in results.items() for c in next(iter(per_chain.values()))]
+    lines = ["| chain | " + " | ".join(f"{p} {c}" for p, c in cols) + " |", "|---|" + "---|" * len(cols)]
+    for chain in next(iter(results.values())):
+        gains = [results[p][chain][c]["memory"] - results[p][chain][c]["base"] for p, c in cols]
+        lines.append(f"| {chain} | " + " | ".join(f"{g:+.2f}" for g in gains) + " |")
+    worst = {p: min(r["memory"] - r["base"] for per_clip in per_chain.values() for r in per_clip.values()) for p, per_chain in results.items()}
+    lines.append("| worst pair | " + " | ".join(f"{worst[p]:+.2f}" for p, _ in cols) + " |")
+    return "\n".join(lines)
+
+
 def score_shots(preset: str, lr: torch.Tensor, hr: torch.Tensor, shot: int, lora) -> float:
     """Y-PSNR of shots of `shot` frames each (windows stop at the cuts between them)."""
     return psnr(upscale_frames(preset, lr, lora, tuple(range(shot, len(lr), shot))), hr)

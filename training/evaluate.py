@@ -149,7 +149,7 @@ def table(results: dict, missing: dict[str, str] | None = None) -> str:
 
 
 def validation_clips(data_dir: Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
-    data.fetch(data_dir)
+    data.fetch_clips(data_dir)
     return {n: data.validation_clip(data_dir, n) for n in (names or data.VALIDATION_CLIPS)}
 
 
