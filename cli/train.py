@@ -94,16 +94,27 @@ def cmd_train_blend(args) -> None:
                            f"`hypersr train hypernet --preset {preset.name}` first")
     if args.clips < 20:
         raise HypersrError(f"--clips {args.clips} is too few to fit and check a blend on; give 20 or more (default 600)")
+    if args.size % preset.scale or args.size < 32 * preset.scale:
+        raise HypersrError(f"--size {args.size}: give a multiple of {preset.scale} (the scale) of at least {32 * preset.scale}")
     pack = args.pack or args.data_dir / "train-pack.npz"
     out = Path(args.out or f"runs/{preset.name}-blend")
     nearest = next(p for p in (out, *out.parents) if p.exists())  # fail before the fit, not after it
     if not nearest.is_dir() or not os.access(nearest, os.W_OK):
         raise HypersrError(f"cannot make the run folder {out}: {nearest} is not a writable folder; give another --out")
+    setting = {"base_sha256": preset.sha256, "hypernet": learnt_digest(preset), "clips": str(args.clips),
+               "frames": str(args.frames), "size": str(args.size), "seed": str(args.seed)}
+    measured, measuring_run = read_measured(args.measured, setting) if args.measured else (None, None)
     t0 = time.time()
-    hypernet, arch, report, measured = fit_blend(preset, clean, pack, args.clips, seed=args.seed, device=args.device)
+    hypernet, arch, report, measured = fit_blend(preset, clean, pack, args.clips, args.frames, args.size, seed=args.seed,
+                                                 device=args.device, measured=measured)
     out.mkdir(parents=True, exist_ok=True)
-    x, table, is_clean = measured  # kept so that a change of the fit needs no new measurement
-    atomic_write(out / "measured.safetensors", lambda tmp: save_file({"features": x, "y_psnr": table, "clean": is_clean}, str(tmp)))
+    x, table, is_clean = measured  # kept so that a change of the fit needs no new measurement (--measured)
+    if measuring_run is None:
+        from ..training import cards
+
+        measuring_run = {"command": cards.command(), "wall_time_s": str(round(time.time() - t0)), "hardware": cards.hardware()}
+        atomic_write(out / "measured.safetensors", lambda tmp: save_file({"features": x, "y_psnr": table, "clean": is_clean}, str(tmp),
+                                                                         metadata={**setting, **measuring_run}))
     weights = out / f"{preset.name}.hypernet.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in hypernet.state_dict().items()}
     atomic_write(weights, lambda tmp: save_file(state, str(tmp)))
@@ -116,9 +127,43 @@ def cmd_train_blend(args) -> None:
                   **cards.training_record(args.device, {}, pack, t0, "")}
         for key in ("hyperparameters", "data"):
             record.pop(key)
+        if args.measured:  # the fit alone was timed: say what the measurement it reused took
+            record["measured_by"] = {**measuring_run, "wall_time_s": int(measuring_run["wall_time_s"])}
         cards.install_hypernet(preset, weights, arch, preset.card.hypernet.training, {"blend": record})
         print(f"installed {weights} (with the clean blend toward {clean.name}) as the hypernet of preset {preset.name}", file=sys.stderr)
 
+
+def learnt_digest(preset) -> str:
+    """SHA-256 of the installed hypernet's tensors outside its clean blend: what the blend's measurements depend on."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from ..engine import preset_registry
+
+    state = load_file(str(preset_registry.presets_dir() / preset.card.hypernet.weights.file))
+    h = hashlib.sha256()
+    for k in sorted(k for k in state if not k.startswith("blend.")):
+        h.update(k.encode() + state[k].numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_measured(path: Path, setting: dict) -> tuple:
+    """The measurements of an earlier `train blend` run, if they were made for the same preset and setting,
+    and how that run was made (command, wall time, hardware)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            measured = tuple(f.get_tensor(k) for k in ("features", "y_psnr", "clean"))
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as e:  # a missing, truncated or foreign file: one line
+        raise HypersrError(f"--measured {path}: not the measured.safetensors of a `hypersr train blend` run ({e})") from None
+    differ = [k for k, v in setting.items() if meta.get(k) != v]
+    if differ:
+        raise HypersrError(f"--measured {path} was made with another " + ", ".join(differ) +
+                           " (" + ", ".join(f"{k} {meta.get(k)}" for k in differ) + "); give the same options or measure again")
+    return measured, {k: meta.get(k, "") for k in ("command", "wall_time_s", "hardware")}
 
 
 def add_commands(sub) -> None:
@@ -152,6 +197,10 @@ def add_commands(sub) -> None:
                          "runs/PRESET-blend")
     tl.add_argument("--clean", metavar="PRESET", help="the same network trained on clean input (default: the preset it was fine-tuned from)")
     tl.add_argument("--clips", type=int, default=600, help="sampled training clips to fit on (default %(default)s)")
+    tl.add_argument("--measured", type=Path, metavar="FILE",
+                    help="refit on the measurements of an earlier run (its measured.safetensors) instead of measuring again")
+    tl.add_argument("--frames", type=at_least(1), default=4, help="frames per sampled clip (default %(default)s)")
+    tl.add_argument("--size", type=int, default=128, help="HR side of the sampled clips (default %(default)s)")
     tl.add_argument("--seed", type=int, default=0)
     tl.add_argument("--install", action="store_true", help="copy the hypernet into presets/ and record the blend in the card")
     tl.set_defaults(func=cmd_train_blend)
