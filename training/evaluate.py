@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..engine.errors import HypersrError
 from . import data, peers
 from .metrics import clip_scores, y_psnr
 
@@ -150,6 +151,9 @@ def table(results: dict, missing: dict[str, str] | None = None) -> str:
 
 def validation_clips(data_dir: Path, names: list[str] | None = None) -> dict[str, torch.Tensor]:
     data.fetch_clips(data_dir)
+    known = sorted(p.stem for p in (data_dir / "clips").glob("*.mp4"))
+    if unknown := [n for n in names or () if n not in known]:
+        raise HypersrError(f"no clip named {', '.join(unknown)} among the fetched clips; give some of {', '.join(known)}")
     return {n: data.validation_clip(data_dir, n) for n in (names or data.VALIDATION_CLIPS)}
 
 
@@ -160,7 +164,6 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
 
     from safetensors.torch import load_file
 
-    from ..engine.errors import HypersrError
     from ..engine.networks import build_model, macs_per_lr_pixel
     from .train import validate
 
