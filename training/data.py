@@ -376,9 +376,8 @@ def build_pack(data_dir: Path, out: Path, crop: int = 320, crops_per_sqrt_mpx: f
         scenes, names = [scenes[i] for i in keep], [names[i] for i in keep]
     clips = {c: read_clip(data_dir / "clips" / f"{c}.mp4", clip_frames) for c in TRAINING_CLIPS}
     validation = {c: to_u8(validation_clip(data_dir, c)[::val_stride]) for c in VALIDATION_CLIPS}
-    meta = {"crop": crop, "crops_per_sqrt_mpx": crops_per_sqrt_mpx, "seed": seed, "stills": names, "val_stride": val_stride, "clip_frames": clip_frames,
-            "max_scenes": max_scenes,
-            "sources": list(STILL_SOURCES)}
+    meta = {"crop": crop, "crops_per_sqrt_mpx": crops_per_sqrt_mpx, "seed": seed, "stills": names, "val_stride": val_stride,
+            "clip_frames": clip_frames, "max_scenes": max_scenes, "sources": list(STILL_SOURCES)}
     write_pack(out, scenes, clips, validation, meta)
     return out
 
