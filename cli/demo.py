@@ -1,7 +1,7 @@
 """`hypersr demo`: shrink a sample clip (BI, x scale), upscale it back with hypersr's two passes, compare.
 
 Writes into the output folder: NAME_lr.y4m (the input made from the sample), NAME.lora (pass one,
-`hypersr analyse --refine 10`), NAME_xS.y4m (pass two, `hypersr upscale --lora`), NAME_xS_one_pass.y4m
+`hypersr analyse --refine 10`, without --refine for a preset that takes none), NAME_xS.y4m (pass two, `hypersr upscale --lora`), NAME_xS_one_pass.y4m
 (the base network alone) and NAME_compare.png (the same crops from bicubic, Lanczos, both hypersr
 results and the original, with each method's Y-PSNR over the clip). Same code paths as the commands.
 """
@@ -66,7 +66,7 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     # One pass (the base network), then the two passes: analyse (hypernet + --refine 10) and upscale --lora.
     backend = backend_from_names(None, device)
     run_upscale(str(lr_path), str(one_pass), p, None, backend, MATRIX_709)
-    run_analyse(str(lr_path), str(lora_path), p, DEMO_REFINE, device, MATRIX_709)
+    run_analyse(str(lr_path), str(lora_path), p, 0 if p.refine_refused else DEMO_REFINE, device, MATRIX_709)
     run_upscale(str(lr_path), str(sr_path), p, str(lora_path), backend, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
