@@ -47,6 +47,7 @@ CHECK_CROP = 32  # LR pixels of the check's inputs (the crops kept are CHECK_CRO
 CHECK_STRENGTHS = (0.0, 0.5, 1.0)
 CHECK_HARM_DB = 0.2
 SELF_PAIR_LEVELS = 255  # refine's and the check's inputs are quantised as an 8-bit source's LR frames are
+# (the check's outputs are not: at 57 dB, rounding them made its choice of strength noise, measured on a still)
 
 
 def self_pair_input(x: torch.Tensor, scale: int) -> torch.Tensor:
@@ -246,8 +247,7 @@ def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) ->
             for group in by_size.values():
                 target = torch.from_numpy(np.stack(group)).to(device)
                 small = self_pair_input(target, scale)
-                out = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1))
-                out = (out.clamp(0, 1) * SELF_PAIR_LEVELS).round() / SELF_PAIR_LEVELS  # what a user's 8-bit output keeps
+                out = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
                 d = (out - target)[..., border:-border, border:-border]
                 y = 0.299 * d[:, 0] + 0.587 * d[:, 1] + 0.114 * d[:, 2]
                 err, n = err + float(y.double().square().sum()), n + y.numel()

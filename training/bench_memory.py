@@ -56,10 +56,10 @@ def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) 
     return out
 
 
-def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], progress=None) -> dict:
+def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], progress=None, refine: int = 0) -> dict:
     """Every preset with a hypernet x chain x clip: Y-PSNR of pass two alone ("base") and after pass one
-    ("memory": `analyse`, no refine, then pass two with its LoRA), both as users run them. The LR clip is
-    the HR clip through the chain at the preset's scale (seed 0). results[preset][chain][clip] = {base, memory}."""
+    ("memory": `analyse` with `refine` steps, then pass two with its LoRA), both as users run them. The LR clip
+    is the HR clip through the chain at the preset's scale (seed 0). results[preset][chain][clip] = {base, memory}."""
     from . import degradation as deg
 
     out: dict = {}
@@ -71,7 +71,7 @@ def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list
             for clip, hr in clips.items():
                 hr = crop_to_multiple(hr, p.scale)
                 lr = deg.apply(hr, p.scale, deg.CHAINS[chain], np.random.default_rng(0))
-                lora = analyse_frames(lr.numpy(), name)
+                lora = analyse_frames(lr.numpy(), name, refine=refine)
                 row = {"base": psnr(upscale_frames(name, lr), hr), "memory": psnr(upscale_frames(name, lr, lora), hr)}
                 out[name][chain][clip] = row
                 if progress:
