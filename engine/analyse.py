@@ -7,11 +7,13 @@
 
 Integrations (the `hypersr analyse` command, vsplugin.analyse) only feed frames in. `--refine N` is N
 steps of self-supervised test-time training of the predicted LoRA: pairs made from the clip itself, its
-LR frames downscaled again -> the LR frames, on a fixed-size random sample of the clip's windows.
+LR frames downscaled again (BI, rounded to 8 bits) -> the LR frames, on a fixed-size random sample of the
+clip's windows. Presets whose card sets `refine_refused` take none (measured to make clips worse).
 
 The safety check: a memory must never leave a clip worse than pass two alone. Pass one keeps crops of a
 few of the clip's frames (chosen by a hash of the frame number, so segments merge exactly) and, at the
-end, upscales them from one scale down with the LoRA at each strength in CHECK_STRENGTHS. Where the full
+end, upscales them from one scale down (BI, rounded to 8 bits) with the LoRA at each strength in
+CHECK_STRENGTHS, scoring the float outputs. Where the full
 LoRA restores them worse than the base by more than CHECK_HARM_DB, the LoRA file gets the strength
 that does best there (0: the base unchanged); otherwise strength 1. The check is believed only for
 a clear harm: on crops made from the clip by BI downscaling it misjudges small changes on compressed
@@ -31,7 +33,7 @@ import torch
 
 from . import preset_registry
 from .backends import resolve_device
-from .bi import bi_downscale
+from .bi import bi_downscale_8bit
 from .errors import HypersrError
 from .fitting import fit_factors
 from .hypernet import ClipSummary
@@ -46,16 +48,6 @@ CHECK_FRAMES = 32  # frames the safety check keeps, whatever the clip's length
 CHECK_CROP = 32  # LR pixels of the check's inputs (the crops kept are CHECK_CROP * scale)
 CHECK_STRENGTHS = (0.0, 0.5, 1.0)
 CHECK_HARM_DB = 0.2
-SELF_PAIR_LEVELS = 255  # refine's and the check's inputs are quantised as an 8-bit source's LR frames are
-# (the check's outputs are not: at 57 dB, rounding them made its choice of strength noise, measured on a still)
-
-
-def self_pair_input(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """What a clip's own frames make as input for refine's pairs and the safety check: BI one scale down,
-    quantised to 8 bits. Unquantised, they teach (and judge) the network without the quantisation noise every
-    real LR frame has, which refine then learns to amplify (quality-x2 on bikes, --refine 10: -0.65 dB
-    unquantised, -0.22 quantised; README, Never worse)."""
-    return (bi_downscale(x, scale).clamp(0, 1) * SELF_PAIR_LEVELS).round() / SELF_PAIR_LEVELS
 
 
 def frame_key(i: int) -> int:
@@ -118,18 +110,25 @@ class Segment:
     check: dict[int, np.ndarray]  # the safety check's crops among these, by frame key
 
 
+def checked_refine(preset, refine, measure_refused_refine: bool = False) -> int:
+    """`refine` as a whole number of steps this preset takes, or one HypersrError saying why not (said
+    before any work, and before a cached LoRA is reused). Benchmarks still measure a refused refine."""
+    if isinstance(refine, bool) or not isinstance(refine, numbers.Integral) or refine < 0:  # a .vpy script may pass 1.5 or "10"
+        raise HypersrError(f"refine must be a whole number of steps, 0 or more, not {refine!r}")
+    p = preset_registry.get(preset)
+    if refine and p.refine_refused and not measure_refused_refine:
+        raise HypersrError(f"preset {p.name} takes no --refine: {p.refine_refused}; run pass one without it")
+    return int(refine)
+
+
 class Analyser:
     """Pass one's state. `first_index`: where in the clip the frames fed to this analyser start (for a
     segment analysed apart; merge the segments in order with absorb())."""
 
     def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0,
                  measure_refused_refine: bool = False):
-        if isinstance(refine, bool) or not isinstance(refine, numbers.Integral) or refine < 0:  # a .vpy script may pass 1.5 or "10"
-            raise HypersrError(f"refine must be a whole number of steps, 0 or more, not {refine!r}")
-        refine = int(refine)
+        refine = checked_refine(preset, refine, measure_refused_refine)
         self.preset = preset_registry.get(preset)
-        if refine and self.preset.refine_refused and not measure_refused_refine:  # benchmarks still measure it
-            raise HypersrError(f"preset {self.preset.name} takes no --refine: {self.preset.refine_refused}; run pass one without it")
         self.device = resolve_device(device)
         self.base = preset_registry.load_model(self.preset, device=str(self.device))
         self.hypernet, self.hypernet_sha256 = preset_registry.load_hypernet(self.preset, self.base, device=str(self.device))
@@ -246,7 +245,8 @@ def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) ->
         with lora_applied(base, scaled):
             for group in by_size.values():
                 target = torch.from_numpy(np.stack(group)).to(device)
-                small = self_pair_input(target, scale)
+                small = bi_downscale_8bit(target, scale)
+                # float outputs: at 57 dB, rounding them to 8 bits made the choice of strength noise (a memory-test still)
                 out = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
                 d = (out - target)[..., border:-border, border:-border]
                 y = 0.299 * d[:, 0] + 0.587 * d[:, 1] + 0.114 * d[:, 2]
@@ -263,8 +263,8 @@ def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) ->
 
 
 def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator) -> dict:
-    """Self-supervised test-time training of LoRA factors on (window downscaled by `scale` -> centre frame)
-    pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`.
+    """Self-supervised test-time training of LoRA factors on (window downscaled by `scale` and rounded to
+    8 bits, as the clip's own LR is -> centre frame) pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`.
 
     Every fourth window is held out; the result is the step with the lowest held-out loss (checked every
     REFINE_CHECK steps), so refining never returns a LoRA that fits the clip's own pairs worse than where
@@ -276,7 +276,7 @@ def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: 
     k = data.shape[1] // 2
 
     def pairs_of(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self_pair_input(batch, scale), batch[:, k]
+        return bi_downscale_8bit(batch, scale), batch[:, k]
 
     def sample() -> tuple[torch.Tensor, torch.Tensor]:
         batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]

@@ -146,7 +146,8 @@ def test_refine_is_deterministic_and_moves_the_lora(tmp_path):
 
 def test_refine_lowers_the_self_supervised_loss(sample_hr):
     """Test-time training does what it claims: the loss on the clip's own pairs goes down."""
-    from hypersr.engine.analyse import refine_factors, self_pair_input
+    from hypersr.engine.analyse import refine_factors
+    from hypersr.engine.bi import bi_downscale_8bit
     from hypersr.engine.lora import lora_applied
     from hypersr.training.train import charbonnier
 
@@ -160,7 +161,7 @@ def test_refine_lowers_the_self_supervised_loss(sample_hr):
     def loss(factors):
         x = torch.from_numpy(windows)
         with torch.no_grad(), lora_applied(analyser.base, factors):
-            return charbonnier(analyser.base(self_pair_input(x, 2)), x[:, 1]).item()
+            return charbonnier(analyser.base(bi_downscale_8bit(x, 2)), x[:, 1]).item()
 
     refined = refine_factors(analyser.base, start, windows, 20, 2, np.random.default_rng(0))
     assert loss(refined) < loss(start)

@@ -16,6 +16,8 @@ from hypersr.training import degradation as deg
 FRAMES = 8
 ALLOWED_LOSS_DB = 0.1
 WITH_HYPERNET = [n for n in preset_registry.available() if preset_registry.get(n).card.has_hypernet]
+REFINE = 10  # the setting the README recommends
+WITH_REFINE = [n for n in WITH_HYPERNET if not preset_registry.get(n).card.refine_refused]
 
 
 @pytest.fixture(scope="module")
@@ -27,10 +29,9 @@ def clips():
 
 def test_every_preset_with_a_memory_is_listed():
     assert {"fast-x2", "quality-x2", "real-x2"} <= set(WITH_HYPERNET)
+    assert "fast-x2" in WITH_REFINE  # the refine tests below must not all fall away
 
 
-REFINE = 10  # the setting the README recommends
-WITH_REFINE = [n for n in WITH_HYPERNET if not preset_registry.get(n).card.refine_refused]
 
 
 def assert_never_worse_on_every_chain(preset: str, clips: dict, refine: int) -> None:

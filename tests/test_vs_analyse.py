@@ -121,3 +121,18 @@ def test_analyse_bad_input(rgb, tmp_path):
     lora = analyse(rgb[:2], progress=False)
     with pytest.raises(vs.Error, match="made for preset fast-x2"):
         upscale(rgb, lora=lora, preset="fast-x4")
+
+
+def test_a_refused_refine_is_refused_even_with_a_cache_that_matches(rgb, tmp_path):
+    """A cache made before a preset came to refuse --refine (here: made by the benchmarks' way around the
+    refusal) must not be handed back for refine=3: the refusal comes first, and the cache is left as it is."""
+    from hypersr.engine.analyse import analyse_frames
+    from hypersr.engine.lora import save_lora
+
+    cache = tmp_path / "old.lora"
+    save_lora(analyse_frames(clip_to_array(rgb), "quality-x2", refine=3, measure_refused_refine=True), cache)
+    before = cache.read_bytes()
+    with pytest.raises(vs.Error, match="takes no --refine"):
+        analyse(rgb, cache=str(cache), preset="quality-x2", refine=3, progress=False)
+    assert cache.read_bytes() == before
+    assert analyse(rgb, cache=str(cache), preset="quality-x2", progress=False).made_by["refine"] == 0  # without it: analysed again

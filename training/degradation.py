@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..engine.bi import bi_downscale
+from ..engine.bi import bi_downscale, bi_downscale_8bit, quantise_8bit
 
 DOWNSCALERS = ("bicubic-aa", "bicubic", "bilinear", "area", "lanczos", "point")
 CODECS = {"h264": ("libx264", "yuv420p"), "mpeg2": ("mpeg2video", "yuv420p"), "mjpeg": ("mjpeg", "yuvj420p")}
@@ -214,8 +214,7 @@ def encode(clip: torch.Tensor, codec: str, quality: int) -> torch.Tensor:
     return torch.from_numpy(decoded[:, :h, :w]).permute(0, 3, 1, 2).float() / 255
 
 
-def quantise(x: torch.Tensor) -> torch.Tensor:
-    return (x.clamp(0, 1) * 255).round() / 255
+quantise = quantise_8bit
 
 
 def apply(hr: torch.Tensor, scale: int, d: Degradation, rng: np.random.Generator) -> torch.Tensor:
@@ -283,4 +282,4 @@ def aux_target(d: Degradation) -> torch.Tensor:
 
 def apply_bi(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """The BI degradation of any [..., 3, H, W] (engine/bi.py), 8-bit quantised."""
-    return quantise(bi_downscale(hr, scale))
+    return bi_downscale_8bit(hr, scale)

@@ -38,7 +38,7 @@ prepare)
   tree=$(git ls-files -z | xargs -0 du -cb | tail -n 1 | cut -f1); gpu=$(du -sb "$GPU" | cut -f1)
   echo "tree $((tree / 1048576)) MiB + $GPU $((gpu / 1048576)) MiB (the pack $(($(stat -c %s "$GPU/pack.npz") / 1048576)) MiB)"
   if [ $((tree + gpu)) -gt $((64 * 1048576)) ]; then
-    echo "too big for one device call (64 MiB): make the pack smaller (rm $GPU/pack.npz; a smaller --crops-per-sqrt-mpx)," \
+    echo "too big for one device call (64 MiB): make the pack smaller (rm $GPU/pack.npz; a smaller --max-scenes or --crop above)," \
          "or leave a wheel out" >&2; exit 1
   fi
   exit 0 ;;

@@ -55,6 +55,7 @@ def analyse(clip: vs.VideoNode, cache: str | None = None, preset: str | None = N
     prediction alone). backend: where the hypernet runs (Backend.CPU() or Backend.CUDA(device_index=...);
     default: the GPU when there is one). Progress goes to stderr.
     """
+    from ..engine.analyse import checked_refine
     from ..engine.backends import as_backend
     from ..engine.files import check_writable
     from ..engine.lora import load_lora, save_lora
@@ -62,6 +63,7 @@ def analyse(clip: vs.VideoNode, cache: str | None = None, preset: str | None = N
 
     try:
         check_rgb(clip)
+        refine = checked_refine(preset, refine)  # before a cache made by an older hypersr could be reused
         device = str(as_backend(backend).device())
         if cache is not None:
             check_writable(cache)
