@@ -9,6 +9,7 @@ import signal
 import sys
 
 from ..engine.errors import HypersrError
+from ..engine.files import INTERRUPTED  # here, not in the handler: a signal landing while engine.files is half-imported made that an ImportError
 from . import batch, bench, data, demo, export, passes, train
 
 
@@ -69,8 +70,6 @@ _hold_interrupts = False
 
 
 def _interrupt(signum, frame) -> None:
-    from ..engine.files import INTERRUPTED
-
     INTERRUPTED.set()
     if not _hold_interrupts:
         raise KeyboardInterrupt
@@ -81,8 +80,6 @@ def _import_extensions() -> None:
     C extensions initialise aborts the interpreter (SIGABRT, a stack dump, no clean-up), seen about once in
     20 Ctrl-Cs during start-up. The interrupt is delivered as soon as they are in."""
     global _hold_interrupts
-    from ..engine.files import INTERRUPTED
-
     _hold_interrupts = True
     try:
         import torch  # noqa: F401
