@@ -1,4 +1,4 @@
-"""`hypersr bench quality | runs | real | memory | speed`: the measurements behind the README's tables;
+"""`hypersr bench quality | runs | real | memory | never-worse | bank | speed`: the measurements behind the README's tables;
 --update-card records them in the model cards (training/cards.py)."""
 
 from __future__ import annotations
@@ -168,6 +168,31 @@ def cmd_bench_never_worse(args) -> None:
             print(f"updated {p.card_path}", file=sys.stderr)
 
 
+def cmd_bench_bank(args) -> None:
+    from ..engine import preset_registry
+    from ..training import bench_bank, cards, degradation
+    from ..training.data import load_pack
+    from ..training.evaluate import validation_clips
+
+    preset = preset_registry.get(args.preset)
+    if preset.scale != 2 or not preset.card.is_real_source:
+        raise HypersrError(f"bench bank probes a x2 real-source preset (real-x2); {preset.name} is not one")
+    pack = load_pack(args.data_dir / "train-pack.npz")  # one line saying how to make it when missing
+    t0 = time.time()
+    base = preset_registry.load_model(preset)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    twins = {}
+    for family in bench_bank.FAMILIES:
+        twins[family] = bench_bank.fit_family_lora(base, pack, family, args.steps, clips=args.train_clips)
+        print(f"{family} twin fitted ({time.time() - t0:.0f} s)", file=sys.stderr)
+    clips = {name: hr[: args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
+    rows = bench_bank.probe(base, twins, clips, list(degradation.CHAINS), progress=lambda line: print(line, file=sys.stderr))
+    print(f"{preset.name}: family twins (LoRA rank 8, {args.steps} steps each) and analysis by synthesis, Y-PSNR gain over the base (dB)")
+    print(bench_bank.table(rows))
+    print(f"({time.time() - t0:.0f} s; frames 0..{args.frames - 1} of each clip; {cards.hardware()})", file=sys.stderr)
+
+
 def cmd_bench_speed(args) -> None:
     import torch
 
@@ -254,6 +279,15 @@ def add_commands(sub) -> None:
     bn.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bn.add_argument("--update-card", action="store_true", help="record the gains in each preset's model card")
     bn.set_defaults(func=cmd_bench_never_worse)
+
+    bb = bench.add_parser("bank", help="per-family LoRAs for a real-source preset, chosen by analysis by synthesis: would they help?")
+    bb.add_argument("--preset", default="real-x2")
+    bb.add_argument("--steps", type=at_least(1), default=300, help="fitting steps per family (default %(default)s)")
+    bb.add_argument("--train-clips", type=at_least(8), default=384, help="training clips per family (default %(default)s)")
+    bb.add_argument("--frames", type=at_least(1), default=8, help="frames per validation clip (default %(default)s)")
+    bb.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bb.set_defaults(func=cmd_bench_bank)
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")

@@ -436,6 +436,9 @@ def test_data_fetch_of_a_complete_data_dir_does_nothing_and_succeeds(tmp_path):
     (("bench", "speed", "--size", "0x0"), ("--size 0x0", "WIDTHxHEIGHT", "16 or more")),
     (("bench", "speed", "--size", "640"), ("--size 640", "WIDTHxHEIGHT")),
     (("bench", "real", "--preset", "fast-x4", "--no-probe"), ("x2 presets", "fast-x4 is x4")),
+    (("bench", "bank", "--preset", "quality-x2"), ("real-source preset", "quality-x2 is not one")),
+    (("bench", "bank"), ("training pack", "missing", "hypersr data pack")),
+    (("bench", "bank", "--train-clips", "4"), ("--train-clips", "8 or more")),
 ])
 def test_bad_numbers_and_missing_arguments_are_one_line_before_any_work(work, args, words):
     """Counts below their least (0 frames, -1 steps) used to fail deep inside the work (ZeroDivisionError,
