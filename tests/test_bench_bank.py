@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
+import pytest
 import torch
 from test_training import tiny_pack, waves
 
 from hypersr.engine import preset_registry
-from hypersr.training import bench_bank
+from hypersr.engine.errors import HypersrError
+from hypersr.training import bench_bank, require_extras
 from hypersr.training import degradation as deg
 from hypersr.training.data import load_pack
 
@@ -54,3 +58,11 @@ def test_the_summary_compares_ways_to_pick_on_the_same_rows():
     assert s["analysis by synthesis"] == {"degraded": (-0.2 + 0.0) / 2, "bi": -1.0}
     assert s["always aliased"]["degraded"] == (1.2 - 0.4) / 2
     assert "| analysis by synthesis | -0.10 | -1.00 |" in bench_bank.table(rows)
+
+
+def test_a_missing_encoder_library_is_named_before_any_work(monkeypatch):
+    """The real-source degradations encode through PyAV; without it the training commands say what to install."""
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "av" else real(name, *a))
+    with pytest.raises(HypersrError, match=r"`hypersr bench bank` needs av: pip install 'hypersr\[train\]'"):
+        require_extras("bench bank")

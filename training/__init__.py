@@ -10,7 +10,9 @@ import importlib.util
 
 from ..engine.errors import HypersrError
 
-EXTRAS = ("matplotlib", "onnx")  # the plots of `bench quality`; the ONNX export that `bench speed` gives vs-mlrt
+# the plots of `bench quality`; the ONNX export that `bench speed` gives vs-mlrt; the real encoders of the
+# real-source degradations (training/degradation.py: `train base` for real-x2, `bench real`, `bench bank`)
+EXTRAS = ("matplotlib", "onnx", "av")
 
 
 def require_extras(command: str) -> None:
