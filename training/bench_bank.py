@@ -21,6 +21,7 @@ from ..engine.fitting import fit_factors
 from ..engine.lora import lora_applied, lora_layers
 from . import degradation as deg
 from .metrics import clip_psnr
+from .train import upscale_clip
 
 FAMILIES = ("aliased", "compressed", "blurnoise")
 SYNTH_DRAWS = 3  # draws from each family per clip
@@ -72,9 +73,8 @@ def fit_family_lora(base, pack, family: str, steps: int, rank: int = 8, lr: floa
 
 @torch.no_grad()
 def upscale(base, frames: torch.Tensor, factors: dict | None = None) -> torch.Tensor:
-    """Each frame on its own (the real-source presets take one frame)."""
     with lora_applied(base, factors) if factors else contextlib.nullcontext():
-        return torch.cat([base(frames[i : i + 4, None].expand(-1, base.window, -1, -1, -1)).clamp(0, 1) for i in range(0, len(frames), 4)])
+        return upscale_clip(base, frames, batch=4)
 
 
 def probe(base, twins: dict[str, dict], clips: dict[str, torch.Tensor], chains: list[str], progress=print) -> list[dict]:
