@@ -27,16 +27,20 @@ VIDEO_SUFFIXES = {".mkv", ".mp4", ".mov", ".avi", ".webm", ".m4v", ".ts", ".m2ts
 JOB_VERSION = 1
 
 
-def job_settings(preset: str | None, refine: int, device: str | None, ffmpeg: str | None, ffmpeg_args: str) -> dict:
+def job_settings(preset: str | None, refine: int, device: str | None, ffmpeg: str | None, ffmpeg_args: str, source_kind: str | None = None) -> dict:
     """What a job is made with (recorded in job.json; a run with other settings starts the job again).
     `ffmpeg`: the executable to encode with (default: the one on PATH, else imageio-ffmpeg's)."""
     from ..engine import preset_registry
-    from ..engine.analyse import checked_refine
+    from ..engine.analyse import checked_refine, checked_source_kind
     from ..ffmpeg_filter.tool import ffmpeg_executable
 
     p = preset_registry.get(preset)
     refine = checked_refine(p, refine)  # said before the first job, not in each
-    return {"preset": p.name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg), "ffmpeg_args": ffmpeg_args}
+    checked_source_kind(p, refine, source_kind)
+    settings = {"preset": p.name, "refine": refine, "device": device, "ffmpeg": ffmpeg_executable(ffmpeg), "ffmpeg_args": ffmpeg_args}
+    if source_kind is not None:  # only then: a job recorded before the option existed keeps its settings
+        settings["source_kind"] = source_kind
+    return settings
 
 
 def file_fingerprint(path: Path) -> str:

@@ -18,7 +18,7 @@ def pass_one(job: Job, entry: Entry, position: int) -> None:
     s = job.settings
     t0 = time.time()
     lora = analyse_source(open_input(entry.source), s["preset"], s["refine"], s["device"], desc=f"{Path(entry.source).name} pass one",
-                          position=position)
+                          position=position, source_kind=s.get("source_kind"))
     save_lora(lora, job.lora_path(entry))
     entry.frames = lora.made_by["frames"]
     entry.seconds["pass_one"] = round(time.time() - t0, 2)

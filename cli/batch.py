@@ -13,7 +13,7 @@ def cmd_batch(args) -> None:
     from ..batch.job import job_settings
 
     t0 = time.time()
-    settings = job_settings(args.preset, args.refine, args.device, args.ffmpeg, args.ffmpeg_args)
+    settings = job_settings(args.preset, args.refine, args.device, args.ffmpeg, args.ffmpeg_args, args.source_kind)
     if args.ray:
         from ..batch.cluster import run_batch_ray
 
@@ -39,6 +39,7 @@ def add_commands(sub) -> None:
     ba.add_argument("--ffmpeg", help="the ffmpeg to encode with (default: ffmpeg on PATH, else the one of the imageio-ffmpeg package)")
     ba.add_argument("--preset", default=None, help="default: fast-x2")
     ba.add_argument("--refine", type=at_least(0), default=0, metavar="N", help="refine steps in pass one (default 0)")
+    ba.add_argument("--source-kind", help="what the sources went through, for --refine on real-x2 (see `hypersr analyse -h`)")
     ba.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     ba.add_argument("--ray", metavar="ADDRESS", help="run the passes on a Ray cluster (e.g. 10.0.0.1:6379); needs hypersr[ray]")
     ba.set_defaults(func=cmd_batch)

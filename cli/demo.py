@@ -67,7 +67,9 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     # and upscale --lora.
     backend = backend_from_names(None, device)
     run_upscale(str(lr_path), str(one_pass), p, None, backend, MATRIX_709)
-    run_analyse(str(lr_path), str(lora_path), p, 0 if p.refine_refused else DEMO_REFINE, device, MATRIX_709)
+    refine = 0 if p.refine_refused else DEMO_REFINE
+    run_analyse(str(lr_path), str(lora_path), p, refine, device, MATRIX_709,
+                source_kind="clean" if refine and p.card.is_real_source else None)  # the demo's LR is a clean BI downscale
     run_upscale(str(lr_path), str(sr_path), p, str(lora_path), backend, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)

@@ -47,9 +47,10 @@ def run_upscale(input_path: str, output_path: str, preset: str | None, lora: str
 
 
 def run_analyse(input_path: str, output_path: str, preset: str | None, refine: int, device: str | None,
-                matrix: int | None = None, progress: bool = True):
+                matrix: int | None = None, progress: bool = True, source_kind: str | None = None):
     """Pass one over a whole file or stdin, then the LoRA file (atomically)."""
     from ..engine import preset_registry
+    from ..engine.analyse import checked_refine, checked_source_kind
     from ..engine.files import INTERRUPTED, check_output
     from ..engine.lora import save_lora
     from ..ffmpeg_filter.source import analyse_source, open_input
@@ -57,8 +58,9 @@ def run_analyse(input_path: str, output_path: str, preset: str | None, refine: i
     if output_path == "-":
         raise HypersrError("a LoRA is a file, not a stream: give -o a file name (e.g. -o clip.lora)")
     preset = preset_registry.get(preset)
+    checked_source_kind(preset, checked_refine(preset, refine), source_kind)  # before the input is opened
     check_output(output_path, input_path, *preset.files())
-    lora = analyse_source(open_input(input_path, matrix), preset, refine, device, progress)
+    lora = analyse_source(open_input(input_path, matrix), preset, refine, device, progress, source_kind=source_kind)
     if INTERRUPTED.is_set():
         raise KeyboardInterrupt  # the input may have ended because the interrupt reached ffmpeg upstream too
     save_lora(lora, output_path)
@@ -76,7 +78,8 @@ def cmd_upscale(args) -> None:
 
 def cmd_analyse(args) -> None:
     t0 = time.time()
-    lora = run_analyse(args.input, args.output, args.preset, args.refine, args.device, MATRICES[args.matrix], progress=not args.quiet)
+    lora = run_analyse(args.input, args.output, args.preset, args.refine, args.device, MATRICES[args.matrix], progress=not args.quiet,
+                       source_kind=args.source_kind)
     if not args.quiet:
         share = lora.made_by.get("clean_share")
         looks = "" if share is None else f"; clean blend {share:.2f} (0: upscaled as degraded, 1: as clean)"
@@ -103,6 +106,10 @@ def add_commands(sub) -> None:
     an.add_argument("--preset", default=None, help="default: fast-x2")
     an.add_argument("--refine", type=at_least(0), default=0, metavar="N",
                     help="N steps of self-supervised test-time training of the predicted LoRA on the clip itself (default 0)")
+    an.add_argument("--source-kind",
+                    help="what the source went through, for --refine on a real-source preset (real-x2): clean (a clean downscale), "
+                         "h264 / mpeg2 / mjpeg (the codec that made it), aliased (point / nearest-neighbour resized), "
+                         "blur-noise (blurred or noisy, no codec)")
     an.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     an.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     an.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")

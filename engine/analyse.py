@@ -8,7 +8,10 @@
 Integrations (the `hypersr analyse` command, vsplugin.analyse) only feed frames in. `--refine N` is N
 steps of self-supervised test-time training of the predicted LoRA: pairs made from the clip itself, its
 LR frames downscaled again (BI, rounded to 8 bits) -> the LR frames, on a fixed-size random sample of the
-clip's windows. Presets whose card sets `refine_refused` take none (measured to make clips worse).
+clip's windows. On a real-source preset the user declares what the source went through (`--source-kind`,
+engine/degradation.SOURCE_KINDS) and the clip's frames are degraded again by draws of that kind instead:
+BI pairs teach a compressed clip to keep its artefacts. Presets whose card sets `refine_refused` take
+none (measured to make clips worse).
 
 The safety check: a memory must never leave a clip worse than pass two alone. Pass one keeps crops of a
 few of the clip's frames (chosen by a hash of the frame number, so segments merge exactly) and, at the
@@ -31,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import preset_registry
+from . import degradation, preset_registry
 from .backends import resolve_device
 from .bi import bi_downscale_8bit
 from .errors import HypersrError
@@ -44,6 +47,7 @@ REFINE_CROP = 64  # LR pixels; the pairs are (crop / scale) -> crop
 REFINE_BATCH = 8
 REFINE_LR = 1e-3
 REFINE_CHECK = 5  # refine steps between checks of the held-out loss
+REFINE_DRAWS = 3  # degraded copies of each kept window for a declared source kind (other than clean)
 CHECK_FRAMES = 32  # frames the safety check keeps, whatever the clip's length
 CHECK_CROP = 32  # LR pixels of the check's inputs (the crops kept are CHECK_CROP * scale)
 CHECK_STRENGTHS = (0.0, 0.5, 1.0)
@@ -121,13 +125,39 @@ def checked_refine(preset, refine, measure_refused_refine: bool = False) -> int:
     return int(refine)
 
 
+def checked_source_kind(preset, refine: int, source_kind, measure_refused_refine: bool = False) -> str:
+    """What refine's pairs are degraded by: one of degradation.SOURCE_KINDS, or one HypersrError saying
+    what to give. A real-source preset refines only with the source's kind declared (BI pairs made its
+    clips worse, README "Real sources"); a clean-source preset refines with BI (clean) only."""
+    p = preset_registry.get(preset)
+    kinds = ", ".join(degradation.SOURCE_KINDS)
+    if source_kind is not None and source_kind not in degradation.SOURCE_KINDS:
+        raise HypersrError(f"the source kind must be one of {kinds}, not {source_kind!r}")
+    if source_kind is not None and not refine:
+        raise HypersrError(f"source kind {source_kind} steers --refine only; give --refine N too (e.g. --refine 20), or leave it out")
+    if not p.card.is_real_source:
+        if source_kind not in (None, "clean"):
+            raise HypersrError(f"preset {p.name} was trained on clean sources and refines with clean pairs only; "
+                               f"for a {source_kind} source use a real-source preset (real-x2)")
+        return "clean"
+    taken = p.card.refine_kinds or degradation.SOURCE_KINDS
+    if refine and source_kind is None and not measure_refused_refine:
+        raise HypersrError(f"preset {p.name} refines only for a declared kind of source: add --source-kind with one of {', '.join(taken)} "
+                           "(what the source went through; `hypersr analyse --help` says what each means)")
+    if refine and source_kind not in (None, *taken) and not measure_refused_refine:
+        raise HypersrError(f"preset {p.name} does not refine for {source_kind} sources: it was measured to make them worse "
+                           f"(README, Real sources); it refines for {', '.join(taken)}; run pass one without --refine")
+    return source_kind or "clean"
+
+
 class Analyser:
     """Pass one's state. `first_index`: where in the clip the frames fed to this analyser start (for a
     segment analysed apart; merge the segments in order with absorb())."""
 
     def __init__(self, preset: str | None = None, refine: int = 0, device: str | None = None, seed: int = 0, first_index: int = 0,
-                 measure_refused_refine: bool = False):
+                 measure_refused_refine: bool = False, source_kind: str | None = None):
         refine = checked_refine(preset, refine, measure_refused_refine)
+        self.source_kind = checked_source_kind(preset, refine, source_kind, measure_refused_refine)
         self.preset = preset_registry.get(preset)
         self.device = resolve_device(device)
         self.base = preset_registry.load_model(self.preset, device=str(self.device))
@@ -215,12 +245,16 @@ class Analyser:
         with torch.inference_mode():
             factors = {k: (a.clone(), b.clone()) for k, (a, b) in self.hypernet.factors(self.summary).items()}
         if self.refine:
-            factors = refine_factors(self.base, factors, np.stack(self._windows), self.refine, self.preset.scale, self._rng)
+            factors = refine_factors(self.base, factors, np.stack(self._windows), self.refine, self.preset.scale, self._rng,
+                                     self.source_kind, self.preset.card.refine_lr or REFINE_LR)
         made_by = {"tool": "hypersr analyse", "hypernet_sha256": self.hypernet_sha256, "refine": self.refine, "frames": self.n}
+        if self.refine:
+            made_by["source_kind"] = self.source_kind
         with torch.inference_mode():
             if (share := self.hypernet.clean_share(self.summary)) is not None:
                 made_by["clean_share"] = round(share, 4)
-            strength, gains = safety_strength(self.base, factors, [self._check[k] for k in sorted(self._check)], self.preset.scale)
+            strength, gains = safety_strength(self.base, factors, [self._check[k] for k in sorted(self._check)], self.preset.scale,
+                                              self.source_kind if self.refine else "clean")
         made_by["check"] = {"strength": strength, "gain_db": {str(s): round(g, 4) for s, g in gains.items()}}
         return LoRA(
             preset=self.preset.name, base_sha256=self.preset.sha256, upscale_factor=self.preset.scale, rank=self.hypernet.lora_rank,
@@ -229,23 +263,35 @@ class Analyser:
         )
 
 
-def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) -> tuple[float, dict[float, float]]:
+def degrade_again(clips: torch.Tensor, scale: int, source_kind: str, rng: np.random.Generator) -> torch.Tensor:
+    """LR clips [N, T, 3, c, c] one scale further down, the way their source was degraded: BI rounded to
+    8 bits (clean), else each clip by its own draw of the source kind (degradation.sample_kind)."""
+    if source_kind == "clean":
+        return bi_downscale_8bit(clips, scale)
+    return torch.stack([degradation.apply(c, scale, degradation.sample_kind(source_kind, rng), rng) for c in clips])
+
+
+def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int, source_kind: str = "clean") -> tuple[float, dict[float, float]]:
     """The strength the LoRA file gets (1, unless the full LoRA restores the check's crops from one scale down
     worse than the base by more than CHECK_HARM_DB: then the strength that does best there), and each
-    strength's gain over the base on the crops (dB)."""
+    strength's gain over the base on the crops (dB). The crops go down the way refine's pairs did (BI, or
+    fixed draws of the declared source kind): a refine for a compressed source is judged on compressed copies."""
     device = next(base.parameters()).device
     by_size: dict[tuple, list[np.ndarray]] = {}
     for c in crops:  # frames smaller than the crop give smaller crops
         by_size.setdefault(c.shape, []).append(c)
     border = 2 * scale  # the inputs' zero padding is not what the frames' interiors see
+    rng = np.random.default_rng(0)  # the same draws for every run: LoRA files are deterministic
+    pairs = []
+    for group in by_size.values():
+        target = torch.from_numpy(np.stack(group))
+        pairs.append((degrade_again(target[:, None], scale, source_kind, rng)[:, 0].to(device), target.to(device)))
 
     def mse(strength: float) -> float:
         err, n = 0.0, 0
         scaled = {k: (a, strength * b) for k, (a, b) in factors.items()}
         with lora_applied(base, scaled):
-            for group in by_size.values():
-                target = torch.from_numpy(np.stack(group)).to(device)
-                small = bi_downscale_8bit(target, scale)
+            for small, target in pairs:
                 # float outputs: at 57 dB, rounding them to 8 bits made the choice of strength noise (a memory-test still)
                 out = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
                 d = (out - target)[..., border:-border, border:-border]
@@ -262,34 +308,45 @@ def safety_strength(base, factors: dict, crops: list[np.ndarray], scale: int) ->
     return max(gains, key=gains.get), gains
 
 
-def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator) -> dict:
-    """Self-supervised test-time training of LoRA factors on (window downscaled by `scale` and rounded to
-    8 bits, as the clip's own LR is -> centre frame) pairs from the clip itself. windows: [N, T, 3, c, c] LR crops. Starts from `factors`.
+def refine_pairs(windows: np.ndarray, scale: int, source_kind: str, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(inputs [M, T, 3, c/scale, c/scale], centre-frame targets [M, 3, c, c], window index [M]) from the
+    kept windows [N, T, 3, c, c]: each window shrunk once by BI (clean), or REFINE_DRAWS times by draws of
+    the declared source kind (degradation.sample_kind: blur, downscaler, noise, a real codec)."""
+    data = torch.from_numpy(windows)
+    k = data.shape[1] // 2
+    draws = 1 if source_kind == "clean" else REFINE_DRAWS
+    inputs = torch.cat([degrade_again(data, scale, source_kind, rng) for _ in range(draws)])
+    return inputs, data[:, k].repeat(draws, 1, 1, 1), torch.arange(len(data)).repeat(draws)
+
+
+def refine_factors(base, factors: dict, windows: np.ndarray, steps: int, scale: int, rng: np.random.Generator,
+                   source_kind: str = "clean", lr: float = REFINE_LR) -> dict:
+    """Self-supervised test-time training of LoRA factors on pairs from the clip itself (refine_pairs:
+    its windows degraded once more, by BI or by its declared source kind -> the centre frame).
+    windows: [N, T, 3, c, c] LR crops. Starts from `factors`.
 
     Every fourth window is held out; the result is the step with the lowest held-out loss (checked every
     REFINE_CHECK steps), so refining never returns a LoRA that fits the clip's own pairs worse than where
     it started, and stops following the training pairs once they stop generalising."""
     device = next(base.parameters()).device
-    data = torch.from_numpy(windows).to(device)
-    held = torch.arange(len(data)) % 4 == 3 if len(data) >= 4 else torch.zeros(len(data), dtype=torch.bool)
-    train, holdout = data[~held], data[held]
-    k = data.shape[1] // 2
-
-    def pairs_of(batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return bi_downscale_8bit(batch, scale), batch[:, k]
+    inputs, targets, window = refine_pairs(windows, scale, source_kind, rng)
+    inputs, targets = inputs.to(device), targets.to(device)
+    held = window % 4 == 3 if len(windows) >= 4 else torch.zeros(len(window), dtype=torch.bool)
+    train_in, train_out = inputs[~held], targets[~held]
 
     def sample() -> tuple[torch.Tensor, torch.Tensor]:
-        batch = train[torch.from_numpy(rng.choice(len(train), min(REFINE_BATCH, len(train)), replace=False))]
-        return pairs_of(batch.flip(-1) if rng.random() < 0.5 else batch)
+        pick = torch.from_numpy(rng.choice(len(train_in), min(REFINE_BATCH, len(train_in)), replace=False))
+        x, y = train_in[pick], train_out[pick]
+        return (x.flip(-1), y.flip(-1)) if rng.random() < 0.5 else (x, y)
 
-    return fit_factors(base, factors, sample, steps, REFINE_LR, pairs_of(holdout) if len(holdout) else None, REFINE_CHECK)
+    return fit_factors(base, factors, sample, steps, lr, (inputs[held], targets[held]) if held.any() else None, REFINE_CHECK)
 
 
 def analyse_frames(frames, preset: str | None = None, refine: int = 0, device: str | None = None, size: tuple[int, int] | None = None,
-                   measure_refused_refine: bool = False) -> LoRA:
+                   measure_refused_refine: bool = False, source_kind: str | None = None) -> LoRA:
     """Pass one over an iterable of [3, H, W] float32 frames. size: (width, height) when known, checked
     before the first frame is read."""
-    analyser = Analyser(preset, refine, device, measure_refused_refine=measure_refused_refine)
+    analyser = Analyser(preset, refine, device, measure_refused_refine=measure_refused_refine, source_kind=source_kind)
     if size is not None:
         analyser.check_size(*size)
     for frame in frames:

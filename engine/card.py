@@ -3,7 +3,7 @@ descriptions are), every entry the runtime reads checked once, so that a damaged
 KeyError later. The runtime only reads cards; training/cards.py is their one writer.
 
     {"architecture": {"type": "span", "scale": 2, "window": 1, ...},   -> Architecture
-     "min_size": 16, "refine_refused": "...",
+     "min_size": 16, "refine_refused": "...", "refine_lr": 0.0003, "refine_kinds": ["clean", ...],
      "weights": {"file": "quality-x2.safetensors", "sha256": "..."},   -> WeightsRef
      "training": {"degradation": "real", "hyperparameters": {...}, ...},
      "hypernet": {"architecture": {...}, "weights": {...}, "training": {...}},   -> HypernetCard
@@ -53,6 +53,8 @@ class ModelCard:
     architecture: Architecture
     min_size: int
     refine_refused: str | None  # why pass one takes no --refine with this preset
+    refine_lr: float | None  # refine's step size where the engine's default does not suit the network
+    refine_kinds: tuple[str, ...] | None  # real-source presets: the declared source kinds refine was measured never worse for
     weights: WeightsRef | None  # None: a card written before its first training run
     hypernet: HypernetCard | None
     training: dict[str, Any]  # how the weights were made: degradation, hyperparameters, data, ...
@@ -122,6 +124,11 @@ class ModelCard:
             raise damaged("min_size is not a small whole number")
         if card.get("refine_refused") is not None and not isinstance(card["refine_refused"], str):
             raise damaged("refine_refused is not text")
+        if "refine_lr" in card and (type(card["refine_lr"]) is not float or not 0 < card["refine_lr"] <= 0.1):
+            raise damaged("refine_lr is not a step size between 0 and 0.1")
+        kinds = card.get("refine_kinds")
+        if kinds is not None and (not isinstance(kinds, list) or not all(isinstance(k, str) for k in kinds)):
+            raise damaged("refine_kinds is not a list of source kinds")
         training = section(card, "training", "", required=False) or {}
         if training.get("degradation", "bi") not in DEGRADATIONS:
             raise damaged(f"training.degradation is not one of {', '.join(DEGRADATIONS)}")
@@ -133,7 +140,8 @@ class ModelCard:
             hypernet = HypernetCard(dict(section(h, "architecture", "hypernet.")), weights_entry(h, "hypernet."), record)
         options = {k: v for k, v in arch.items() if k not in ("type", "scale", "window")}
         return cls(Architecture(arch["type"], arch["scale"], arch["window"], options), card.get("min_size", 16),
-                   card.get("refine_refused"), weights_entry(card, ""), hypernet, training, card)
+                   card.get("refine_refused"), card.get("refine_lr"),
+                   None if kinds is None else tuple(kinds), weights_entry(card, ""), hypernet, training, card)
 
 
 def read_card(path: Path) -> ModelCard:

@@ -195,10 +195,10 @@ def output_clip(source: Source, upscaled_rgb: vs.VideoNode) -> vs.VideoNode:
 
 
 def analyse_source(source: Source, preset, refine: int = 0, device: str | None = None, progress: bool = True,
-                   desc: str = "hypersr analyse", position: int | None = None):
+                   desc: str = "hypersr analyse", position: int | None = None, source_kind: str | None = None):
     """Pass one over a whole source: its LoRA. A truncated input gives none: a LoRA of part of a clip would
     be silently wrong for the rest."""
-    lora = analyse_clip(source.rgb(), preset, refine, device, source.total, progress, desc, position)
+    lora = analyse_clip(source.rgb(), preset, refine, device, source.total, progress, desc, position, source_kind)
     if source.truncated:
         raise HypersrError(f"{source.truncated}; no LoRA written (analyse the complete clip)")
     return lora

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from hypersr.engine import degradation as deg
 from hypersr.engine import preset_registry
 from hypersr.engine.lora import lora_applied
 from hypersr.training import bench_real
-from hypersr.training import degradation as deg
 from hypersr.training.metrics import y_psnr
 
 

@@ -373,21 +373,37 @@ def test_interrupted_message_starts_its_own_line(tmp_path):
     assert not (tmp_path / "o.lora").exists()
 
 
-# --- a preset whose pass one takes no --refine ------------------------------------------------------
+# --- a preset whose pass one takes no --refine, and one that refines only for a declared source ------
 
-def test_refine_on_a_real_source_preset_is_refused_before_any_work(work, tmp_path):
-    assert preset_registry.get("real-x2").refine_refused  # its card says why (README, "Real sources")
+def test_refine_on_a_preset_that_refuses_it_is_refused_before_any_work(work, tmp_path):
+    assert preset_registry.get("quality-x2").refine_refused  # its card says why (README, "Never worse")
     before = snapshot(work)
-    proc = run_hypersr("analyse", "in.y4m", "--preset", "real-x2", "--refine", "5", "-o", "real.lora", "-q", cwd=work)
+    proc = run_hypersr("analyse", "in.y4m", "--preset", "quality-x2", "--refine", "5", "-o", "q.lora", "-q", cwd=work)
     assert_clean_error(proc, "takes no --refine", "without it")
-    proc = run_hypersr("batch", "in.y4m", "-o", "{stem}.x2.mkv", "--preset", "real-x2", "--refine", "5", "--job-dir", tmp_path / "job", cwd=work)
+    proc = run_hypersr("batch", "in.y4m", "-o", "{stem}.x2.mkv", "--preset", "quality-x2", "--refine", "5", "--job-dir", tmp_path / "job", cwd=work)
     assert_clean_error(proc, "takes no --refine")
     assert snapshot(work) == before and not (tmp_path / "job").exists()
-    assert run_hypersr("analyse", "in.y4m", "--preset", "real-x2", "-o", "real.lora", "-q", cwd=work).returncode == 0  # without it: fine
+    assert run_hypersr("analyse", "in.y4m", "--preset", "quality-x2", "-o", "q.lora", "-q", cwd=work).returncode == 0  # without it: fine
     with pytest.raises(HypersrError, match="takes no --refine"):
         from hypersr.engine.analyse import Analyser
 
-        Analyser("real-x2", refine=5)
+        Analyser("quality-x2", refine=5)
+
+
+@pytest.mark.parametrize("args, words", [
+    (("--preset", "real-x2", "--refine", "5"), ("real-x2 refines only for a declared kind of source", "--source-kind", "clean")),
+    (("--preset", "real-x2", "--refine", "5", "--source-kind", "mjpeg"), ("does not refine for mjpeg sources", "without --refine")),
+    (("--preset", "real-x2", "--source-kind", "h264"), ("steers --refine only", "--refine N")),
+    (("--preset", "real-x2", "--refine", "5", "--source-kind", "vhs"), ("source kind must be one of", "blur-noise", "'vhs'")),
+    (("--refine", "5", "--source-kind", "mpeg2"), ("fast-x2 was trained on clean sources", "real-x2")),
+])
+def test_a_source_kind_that_does_not_fit_is_one_line_before_any_work(work, tmp_path, args, words):
+    """real-x2's refine degrades the clip's own frames the way its source was degraded: it needs that kind,
+    and only refine reads it."""
+    before = snapshot(work)
+    assert_clean_error(run_hypersr("analyse", "in.y4m", "-o", "real.lora", "-q", *args, cwd=work), *words)
+    assert_clean_error(run_hypersr("batch", "in.y4m", "-o", "{stem}.x2.mkv", "--job-dir", tmp_path / "job", *args, cwd=work), *words)
+    assert snapshot(work) == before and not (tmp_path / "job").exists()
 
 
 # --- training data ------------------------------------------------------------------------------------

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from hypersr.training import degradation as deg
+from hypersr.engine import degradation as deg
+from hypersr.training.degradation import degrade_windows
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -125,6 +126,6 @@ def test_sampling_is_reproducible_and_mixed():
 
 def test_windows_carry_their_degradation(textured_clip):
     windows = textured_clip[:6].reshape(2, 3, 3, 128, 128)
-    lr, ds = deg.degrade_windows(windows, 2, np.random.default_rng(3))
+    lr, ds = degrade_windows(windows, 2, np.random.default_rng(3))
     assert lr.shape == (2, 3, 3, 64, 64) and len(ds) == 2 and all(isinstance(d, deg.Degradation) for d in ds)
     assert set(ds[0].to_dict()) >= {"blur", "downscaler", "noise", "codec", "quality"}

@@ -15,9 +15,9 @@ from helpers import HYPERSR, SAMPLE, assert_clean_error, ffmpeg_y4m, run_hypersr
 
 from hypersr.engine import preset_registry
 from hypersr.engine.analyse import Analyser, analyse_frames, summary_of
+from hypersr.engine.degradation import quantise
 from hypersr.engine.hypernet import build_hypernet
 from hypersr.engine.lora import LoRA, load_lora, save_lora
-from hypersr.training.degradation import quantise
 from hypersr.training.metrics import y_psnr
 from hypersr.vsplugin import Backend, upscale
 from hypersr.vsplugin.io import clip_from_array, clip_to_array, open_video, to_rgb
@@ -96,11 +96,11 @@ def test_the_safety_check_turns_off_a_lora_that_harms_the_clip(sample_hr):
     """A LoRA that makes the clip clearly worse (the learnt factors pointed the wrong way and scaled up)
     gets strength 0 from pass one's check, which sees only the LR clip; the clip's own LoRA keeps 1."""
     from hypersr.engine.analyse import safety_strength
-    from hypersr.training import degradation as deg
+    from hypersr.engine.bi import bi_downscale_8bit
 
     p = preset_registry.get("fast-x2")
     hr = torch.from_numpy(sample_hr[:6])
-    lr = deg.apply_bi(hr, 2)
+    lr = bi_downscale_8bit(hr, 2)
     analyser = Analyser(p.name)
     for f in lr.numpy():
         analyser.update(f)
@@ -165,6 +165,43 @@ def test_refine_lowers_the_self_supervised_loss(sample_hr):
 
     refined = refine_factors(analyser.base, start, windows, 20, 2, np.random.default_rng(0))
     assert loss(refined) < loss(start)
+
+
+def test_refine_pairs_for_a_declared_source_kind_go_down_that_way(sample_hr):
+    """Refine on a real-source preset degrades the clip's own windows by draws of the declared kind (a real
+    codec, point sampling) instead of BI; clean keeps BI, one copy per window."""
+    from hypersr.engine import degradation
+    from hypersr.engine.analyse import REFINE_DRAWS, refine_pairs
+    from hypersr.engine.bi import bi_downscale_8bit
+
+    windows = np.ascontiguousarray(sample_hr[:4, None, :, :64, :64])  # 4 windows of one frame
+    bi = bi_downscale_8bit(torch.from_numpy(windows), 2)
+    x, y, idx = refine_pairs(windows, 2, "clean", np.random.default_rng(0))
+    assert torch.equal(x, bi) and torch.equal(y, torch.from_numpy(windows[:, 0])) and idx.tolist() == [0, 1, 2, 3]
+    for kind in ("aliased", "h264"):
+        x, y, idx = refine_pairs(windows, 2, kind, np.random.default_rng(0))
+        assert x.shape == (4 * REFINE_DRAWS, 1, 3, 32, 32) and y.shape == (4 * REFINE_DRAWS, 3, 64, 64)
+        assert idx.tolist() == [0, 1, 2, 3] * REFINE_DRAWS
+        assert torch.equal(y[:4], y[4:8])  # every draw aims at the same frames
+        assert (x - bi.repeat(REFINE_DRAWS, 1, 1, 1, 1)).abs().mean() > 2 / 255  # not BI: the kind's own degradation
+        assert (x[:4] - x[4:8]).abs().mean() > 0  # draws differ (strengths, quality)
+    rng = np.random.default_rng(0)
+    assert all(degradation.kind_of(degradation.sample_kind(k, rng)) == k for k in degradation.SOURCE_KINDS for _ in range(5))
+
+
+def test_a_refine_for_a_declared_source_is_judged_on_that_source(sample_hr):
+    """real-x2 refined for a point-sampled source keeps its strength: the safety check restores copies
+    degraded the declared way. (Judged on BI copies, every such LoRA was set to strength 0.)"""
+    from hypersr.engine import degradation
+    from hypersr.engine.analyse import analyse_frames
+
+    hr = torch.from_numpy(sample_hr[:6, :, :128, :192])
+    lr = degradation.apply(hr, 2, degradation.CHAINS["point-h264"], np.random.default_rng(0))
+    lora = analyse_frames(list(lr.numpy()), "real-x2", refine=5, source_kind="aliased")
+    assert lora.made_by["source_kind"] == "aliased" and lora.made_by["refine"] == 5
+    assert lora.strength == 1.0 and lora.made_by["check"]["gain_db"]["1.0"] > -0.2, lora.made_by["check"]
+    again = analyse_frames(list(lr.numpy()), "real-x2", refine=5, source_kind="aliased")
+    assert all(torch.equal(again.factors[k][1], lora.factors[k][1]) for k in lora.factors)  # deterministic
 
 
 def test_truncated_input_writes_no_lora(tmp_path):
@@ -256,8 +293,8 @@ def test_evidence_merges_and_a_warm_start_begins_where_the_old_hypernet_ended(fr
 
 def test_evidence_sees_block_edges_noise_and_blur():
     """Each part of the evidence moves the way its degradation says, on the same textured clip."""
+    from hypersr.engine import degradation as deg
     from hypersr.engine.hypernet import EVIDENCE_BINS, evidence_sums, read_evidence
-    from hypersr.training import degradation as deg
 
     texture = deg.blur(torch.rand(1, 3, 96, 136, generator=torch.Generator().manual_seed(0)), 0.8, 0.8, 0.0)[0]  # every frequency
     clip = torch.stack([0.25 + 0.5 * texture[:, :, i : i + 128] for i in range(6)])

@@ -104,6 +104,22 @@ def test_cache_for_something_else_is_rebuilt_with_a_notice(rgb, tmp_path, capfd,
         assert rebuilt.clip_fingerprint != made.clip_fingerprint
 
 
+def test_a_cache_refined_for_another_kind_of_source_is_rebuilt(rgb, tmp_path, capfd):
+    """real-x2 refines for the source kind the script declares; a cache refined for another kind is not it."""
+    cache = tmp_path / "r.lora"
+    with pytest.raises(vs.Error, match="declared kind of source"):
+        analyse(rgb, cache=str(cache), preset="real-x2", refine=2, progress=False)
+    assert not cache.exists()
+    analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="clean", progress=False)
+    capfd.readouterr()
+    assert analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="clean", progress=False).made_by["source_kind"] == "clean"
+    assert not capfd.readouterr().err  # the same settings: the cache as it is
+    rebuilt = analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="h264", progress=False)
+    notice = [line for line in capfd.readouterr().err.splitlines() if line.startswith("hypersr.analyse:")]
+    assert len(notice) == 1 and "another kind of source (clean)" in notice[0]
+    assert rebuilt.made_by["source_kind"] == load_lora(cache).made_by["source_kind"] == "h264"
+
+
 def test_analyse_bad_input(rgb, tmp_path):
     with pytest.raises(vs.Error, match=r"hypersr\.analyse: clip is YUV420P8.*core\.resize\.Bicubic"):
         analyse(core.std.BlankClip(format=vs.YUV420P8, width=64, height=48, length=2))

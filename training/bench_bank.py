@@ -8,6 +8,10 @@ codec) a LoRA is fitted through the frozen base on training clips degraded by th
 - synth: analysis by synthesis, without HR: the clip's own LR frames degraded once more by a draw from
   each family, restored by the base and by each twin, scored against the LR frames. The chooser takes the
   twin with the largest gain on its own family's copies (above a threshold), else the base.
+With --refine (part 2c): pass one's self-supervised refine on the clip's own frames, its pairs degraded by
+BI (today's refine), by draws from the base's own training mixture (no identification), by draws from
+the chain's family, or by the chain itself (an oracle identifier): what refine could gain with and
+without knowing the clip's degradation.
 """
 
 from __future__ import annotations
@@ -17,29 +21,23 @@ import contextlib
 import numpy as np
 import torch
 
+from ..engine import degradation as deg
 from ..engine.fitting import fit_factors
 from ..engine.lora import lora_applied, lora_layers
-from . import degradation as deg
 from .metrics import clip_psnr
 from .train import upscale_clip
 
-FAMILIES = ("aliased", "compressed", "blurnoise")
-SYNTH_DRAWS = 3  # draws from each family per clip
+FAMILIES = ("aliased", "compressed", "blur-noise")  # the mixture's degraded clips in three (the codecs together)
 
 
 def family_of(d: deg.Degradation) -> str:
-    if d.is_bi:
-        return "clean"
-    if d.downscaler == "point":
-        return "aliased"
-    return "compressed" if d.codec is not None else "blurnoise"
+    kind = deg.kind_of(d)
+    return "compressed" if kind in deg.CODECS else kind
 
 
 def sample_family(family: str, rng: np.random.Generator) -> deg.Degradation:
-    """A draw from the training mixture (degradation.sample) restricted to one family."""
-    while (d := deg.sample(rng)).is_bi or family_of(d) != family:
-        pass
-    return d
+    return deg.BI if family == "clean" else deg.sample_where(lambda d: family_of(d) == family, rng)
+SYNTH_DRAWS = 3  # draws from each family per clip
 
 
 def fit_family_lora(base, pack, family: str, steps: int, rank: int = 8, lr: float = 3e-4, clips: int = 384, seed: int = 0) -> dict:
@@ -91,7 +89,7 @@ def probe(base, twins: dict[str, dict], clips: dict[str, torch.Tensor], chains: 
                 scores: dict[str, list[float]] = {m: [] for m in (*twins, "base")}
                 for k in range(SYNTH_DRAWS):
                     rng = np.random.default_rng(100 + k)
-                    again = deg.apply(lr, base.scale, deg.BI if family == "clean" else sample_family(family, rng), rng)
+                    again = deg.apply(lr, base.scale, sample_family(family, rng), rng)
                     scores["base"].append(clip_psnr(upscale(base, again), lr))
                     for m in twins:
                         scores[m].append(clip_psnr(upscale(base, again, twins[m]), lr) - scores["base"][-1])
@@ -131,4 +129,78 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['chain']} | {r['clip']} | {r['base']:.2f} | {cells} | {choose(r) or 'base'} |")
     lines += ["", "| way to pick | degraded chains | clean BI |", "|---|---|---|"]
     lines += [f"| {way} | {g['degraded']:+.2f} | {g['bi']:+.2f} |" for way, g in summary(rows).items()]
+    return "\n".join(lines)
+
+
+REFINE_WAYS = ("bi", "mixture", "family", "chain")  # what degrades the clip's own frames into refine's inputs
+REFINE_DRAWS = 3
+
+
+def refine_pairs(lr: torch.Tensor, d_of, scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets): the clip's LR frames degraded once more, REFINE_DRAWS times, by d_of(rng)."""
+    inputs = []
+    for k in range(REFINE_DRAWS):
+        rng = np.random.default_rng(200 + k)
+        inputs.append(deg.apply(lr, scale, d_of(rng), rng))
+    return torch.cat(inputs), lr.repeat(REFINE_DRAWS, 1, 1, 1)
+
+
+def refine_on_clip(base, lr: torch.Tensor, d_of, steps: int, lr_rate: float = 3e-4, rank: int = 8, seed: int = 0) -> tuple[dict, float]:
+    """LoRA factors fitted from zero on the clip's own pairs (refine_pairs), every fourth frame held out
+    and the checked step with the lowest held-out loss kept (as pass one's refine does); with the held-out
+    gain in dB that pass one would see (restoring its own frames), the only score it has without HR."""
+    x, y = refine_pairs(lr, d_of, base.scale)
+    held = torch.arange(len(x)) % 4 == 3
+    rng = np.random.default_rng(seed)
+    g = torch.Generator().manual_seed(seed)
+    start = {n: (torch.randn(rank, layer.fan_in, generator=g) / layer.fan_in ** 0.5, torch.zeros(layer.out_channels, rank))
+             for n, layer in lora_layers(base).items()}
+    tx, ty = x[~held], y[~held]
+
+    def windows(f: torch.Tensor) -> torch.Tensor:
+        return f[:, None].expand(-1, base.window, -1, -1, -1)
+
+    def pairs():
+        pick = torch.from_numpy(rng.choice(len(tx), min(4, len(tx)), replace=False))
+        a, b = tx[pick], ty[pick]
+        return (windows(a.flip(-1)), b.flip(-1)) if rng.random() < 0.5 else (windows(a), b)
+
+    factors = fit_factors(base, start, pairs, steps, lr_rate, (windows(x[held]), y[held]), check_every=5)
+    seen = clip_psnr(upscale(base, x[held], factors), y[held]) - clip_psnr(upscale(base, x[held]), y[held])
+    return factors, seen
+
+
+def probe_refine(base, clips: dict[str, torch.Tensor], chains: list[str], steps: int, progress=print) -> list[dict]:
+    """One row per chain x clip: the base's Y-PSNR and, for each of REFINE_WAYS, refine's gain over it
+    against HR and the gain pass one sees on its own held-out frames."""
+    rows = []
+    for chain in chains:
+        d, family = deg.CHAINS[chain], family_of(deg.CHAINS[chain])
+        ways = {"bi": lambda rng: deg.BI, "mixture": deg.sample,
+                "family": lambda rng, family=family: sample_family(family, rng), "chain": lambda rng, d=d: d}
+        for name, hr in clips.items():
+            lr = deg.apply(hr, base.scale, d, np.random.default_rng(0))
+            b = clip_psnr(upscale(base, lr), hr)
+            gain, seen = {}, {}
+            for way in REFINE_WAYS:
+                factors, seen[way] = refine_on_clip(base, lr, ways[way], steps)
+                gain[way] = clip_psnr(upscale(base, lr, factors), hr) - b
+            rows.append({"chain": chain, "clip": name, "base": b, "gain": gain, "seen": seen})
+            progress(f"{chain} {name}: base {b:.2f}, refine gains " + ", ".join(f"{w} {gain[w]:+.2f} (seen {seen[w]:+.2f})" for w in REFINE_WAYS))
+    return rows
+
+
+def refine_table(rows: list[dict]) -> str:
+    names = {"bi": "BI (today)", "mixture": "the base's training mixture", "family": "the chain's family", "chain": "the chain itself"}
+    lines = ["| chain | clip | base | " + " | ".join(f"{names[w]}: gain / seen" for w in REFINE_WAYS) + " |",
+             "|---|---|---|" + "---|" * len(REFINE_WAYS)]
+    for r in rows:
+        cells = " | ".join(f"{r['gain'][w]:+.2f} / {r['seen'][w]:+.2f}" for w in REFINE_WAYS)
+        lines.append(f"| {r['chain']} | {r['clip']} | {r['base']:.2f} | {cells} |")
+    lines += ["", "| refine's pairs degraded by | degraded chains | clean BI | worst pair |", "|---|---|---|---|"]
+    for w in REFINE_WAYS:
+        deg_rows = [r["gain"][w] for r in rows if r["chain"] != "bi"]
+        bi_rows = [r["gain"][w] for r in rows if r["chain"] == "bi"]
+        mean = (lambda v: f"{np.mean(v):+.2f}" if v else "n/a")
+        lines.append(f"| {names[w]} | {mean(deg_rows)} | {mean(bi_rows)} | {min(r['gain'][w] for r in rows):+.2f} |")
     return "\n".join(lines)

@@ -58,9 +58,10 @@ def real_clips(preset: str, clips: dict[str, torch.Tensor], refines: list[int]) 
 
 def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list[str], progress=None, refine: int = 0) -> dict:
     """Every preset with a hypernet x chain x clip: Y-PSNR of pass two alone ("base") and after pass one
-    ("memory": `analyse` with `refine` steps, then pass two with its LoRA), both as users run them. The LR clip
+    ("memory": `analyse` with `refine` steps, on a real-source preset with the chain's source kind declared
+    and none for a kind it does not refine for, then pass two with its LoRA), both as users run them. The LR clip
     is the HR clip through the chain at the preset's scale (seed 0). results[preset][chain][clip] = {base, memory}."""
-    from . import degradation as deg
+    from ..engine import degradation as deg
 
     out: dict = {}
     for name in presets:
@@ -71,7 +72,9 @@ def never_worse(presets: list[str], clips: dict[str, torch.Tensor], chains: list
             for clip, hr in clips.items():
                 hr = crop_to_multiple(hr, p.scale)
                 lr = deg.apply(hr, p.scale, deg.CHAINS[chain], np.random.default_rng(0))
-                lora = analyse_frames(lr.numpy(), name, refine=refine)
+                kind = deg.kind_of(deg.CHAINS[chain]) if refine and p.card.is_real_source else None  # a user who knows their source
+                steps = refine if kind is None or kind in p.card.refine_kinds else 0  # a kind the preset refuses: pass one without refine
+                lora = analyse_frames(lr.numpy(), name, refine=steps, source_kind=kind if steps else None)
                 row = {"base": psnr(upscale_frames(name, lr), hr), "memory": psnr(upscale_frames(name, lr, lora), hr)}
                 out[name][chain][clip] = row
                 if progress:

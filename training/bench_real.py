@@ -18,11 +18,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..engine import degradation as deg
 from ..engine.backends import CPU, resolve_device
 from ..engine.fitting import fit_factors
 from ..engine.lora import LoRA
 from ..engine.window import window_indices
-from . import degradation as deg
 from .metrics import clip_scores
 from .peers import peer_outputs
 
@@ -112,7 +112,9 @@ def bench_real(presets: list, clips: dict[str, torch.Tensor], chains: list[str],
                     for label, steps in (("+ memory", 0), (f"+ refine {refine}", refine)):
                         if label != "+ memory" and not refine:
                             continue
-                        outs[f"{p} {label}"] = runtime(analyse_frames(list(lr_frames), preset, steps, device, measure_refused_refine=True))
+                        kind = deg.kind_of(deg.CHAINS[chain]) if steps else None  # refine as a user who knows the source's kind runs it
+                        outs[f"{p} {label}"] = runtime(analyse_frames(list(lr_frames), preset, steps, device, measure_refused_refine=True,
+                                                                      source_kind=kind))
                     if pack is not None:
                         key = (p, chain)
                         if key not in chain_loras:

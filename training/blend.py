@@ -18,10 +18,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..engine.degradation import quantise
 from ..engine.errors import HypersrError
 from ..engine.lora import lora_applied, lora_layers
 from . import data
-from . import degradation as deg
+from .degradation import TrainingDegradation
 from .metrics import clip_psnr
 from .train import check_fits, upscale_clip
 
@@ -72,7 +73,7 @@ def fit_head(x: torch.Tensor, table: torch.Tensor, penalty: float, steps: int = 
 def measure_clips(base, hypernet, packed, scale: int, clips: int, frames: int, size: int, seed: int, device: str):
     """(summary features [N, D], Y-PSNR table [N, len(GRID)], the degradations) of `clips` sampled clips."""
     sampler = data.ClipSampler(packed.scenes, packed.clips, frames, size, multi_shot_fraction=0.0)
-    degrade = deg.TrainingDegradation("real")
+    degrade = TrainingDegradation("real")
     rng = np.random.default_rng(seed)
     features, rows, degradations = [], [], []
     for _ in tqdm(range(clips), desc="blend: clips at every alpha"):
@@ -85,7 +86,7 @@ def measure_clips(base, hypernet, packed, scale: int, clips: int, frames: int, s
             row = []
             for a in GRID:
                 with lora_applied(base, hypernet.factors(summary, torch.tensor(a, device=device))):
-                    out = deg.quantise(upscale_clip(base, lr).cpu())
+                    out = quantise(upscale_clip(base, lr).cpu())
                 row.append(clip_psnr(out, hr))
         rows.append(row)
         degradations.append(d)

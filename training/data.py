@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .degradation import apply_bi, quantise  # noqa: F401  (the names the rest of training uses)
+from ..engine.degradation import quantise  # noqa: F401  (the names the rest of training uses)
+from .degradation import apply_bi  # noqa: F401
 
 # Debian packages of high-resolution stills (licences in DATA.md), each with the part of it that is
 # used: None for the whole package, else one folder inside it.

@@ -23,7 +23,7 @@ from .passes import frame_array, window_clips
 
 __all__ = ["Backend", "analyse", "upscale", "window_clips"]
 
-def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: int) -> str | None:
+def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: int, source_kind: str) -> str | None:
     """Why the LoRA cached at `path` is not the one for this clip and these settings (None: it is)."""
     from ..engine import preset_registry
     from ..engine.analyse import clip_fingerprint, fingerprint_indices, frame_digest
@@ -39,6 +39,8 @@ def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: i
         return f"cache {path} was made for preset {lora.preset} (x{lora.upscale_factor}), not {p.name} (x{p.scale}) with the installed weights"
     if lora.made_by.get("hypernet_sha256") != hypernet_sha or lora.made_by.get("refine") != refine:
         return f"cache {path} was made by another hypernet or refine setting (refine={lora.made_by.get('refine')})"
+    if refine and lora.made_by.get("source_kind", "clean") != source_kind:
+        return f"cache {path} was refined for another kind of source ({lora.made_by.get('source_kind', 'clean')})"
     n = clip.num_frames
     digests = {i: frame_digest(frame_array(clip.get_frame(i)).astype("float32")) for i in fingerprint_indices(n)}
     if lora.clip_fingerprint != clip_fingerprint(n, clip.width, clip.height, digests):
@@ -46,16 +48,19 @@ def _cache_problem(path: Path, clip: vs.VideoNode, preset: str | None, refine: i
     return None
 
 
-def analyse(clip: vs.VideoNode, cache: str | None = None, preset: str | None = None, refine: int = 0, backend=None, progress: bool = True):
+def analyse(clip: vs.VideoNode, cache: str | None = None, preset: str | None = None, refine: int = 0, backend=None, progress: bool = True,
+            source_kind: str | None = None):
     """Pass one: read every frame of an RGBS / RGBH clip once and return its LoRA (for upscale(lora=...)).
 
     cache: a LoRA file. When it holds the LoRA for this clip, preset and refine setting it is returned at
     once; otherwise the clip is analysed and the file (re)written atomically, with a one-line notice when
     an existing file is replaced. refine: steps of self-supervised test-time training (0 = the hypernet's
-    prediction alone). backend: where the hypernet runs (Backend.CPU() or Backend.CUDA(device_index=...);
-    default: the GPU when there is one). Progress goes to stderr.
+    prediction alone). source_kind: what the source went through, which refine on a real-source preset
+    needs: "clean", "h264", "mpeg2", "mjpeg", "aliased" (point-resized) or "blur-noise". backend: where the
+    hypernet runs (Backend.CPU() or Backend.CUDA(device_index=...); default: the GPU when there is one).
+    Progress goes to stderr.
     """
-    from ..engine.analyse import checked_refine
+    from ..engine.analyse import checked_refine, checked_source_kind
     from ..engine.backends import as_backend
     from ..engine.files import check_writable
     from ..engine.lora import load_lora, save_lora
@@ -64,15 +69,16 @@ def analyse(clip: vs.VideoNode, cache: str | None = None, preset: str | None = N
     try:
         check_rgb(clip)
         refine = checked_refine(preset, refine)  # before a cache made by an older hypersr could be reused
+        kind = checked_source_kind(preset, refine, source_kind)
         device = str(as_backend(backend).device())
         if cache is not None:
             check_writable(cache)
         if cache is not None and Path(cache).exists():
-            problem = _cache_problem(Path(cache), clip, preset, refine)
+            problem = _cache_problem(Path(cache), clip, preset, refine, kind)
             if problem is None:
                 return load_lora(cache)
             print(f"hypersr.analyse: {problem}; analysing again", file=sys.stderr)
-        lora = analyse_clip(clip, preset, refine, device, progress=progress)
+        lora = analyse_clip(clip, preset, refine, device, progress=progress, source_kind=source_kind)
         if cache is not None:
             save_lora(lora, cache)
         return lora

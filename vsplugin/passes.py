@@ -71,12 +71,14 @@ def read_frames(clip: vs.VideoNode, total: int | None = None, progress: bool = T
 
 
 def analyse_clip(rgb: vs.VideoNode, preset=None, refine: int = 0, device: str | None = None, total: int | None = None,
-                 progress: bool = True, desc: str = "hypersr analyse", position: int | None = None):
-    """Pass one over an RGBS / RGBH clip (or its first `total` frames): the clip's LoRA."""
+                 progress: bool = True, desc: str = "hypersr analyse", position: int | None = None, source_kind: str | None = None):
+    """Pass one over an RGBS / RGBH clip (or its first `total` frames): the clip's LoRA. source_kind: what
+    the source went through, for refine on a real-source preset (engine/degradation.SOURCE_KINDS)."""
     from ..engine.analyse import analyse_frames
 
     check_rgb(rgb)
-    return analyse_frames(read_frames(rgb, total, progress, desc, position), preset, refine, device, (rgb.width, rgb.height))
+    return analyse_frames(read_frames(rgb, total, progress, desc, position), preset, refine, device, (rgb.width, rgb.height),
+                          source_kind=source_kind)
 
 
 def analyse_segment(rgb: vs.VideoNode, preset, device: str | None, first: int, last: int):
