@@ -67,9 +67,10 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
     # and upscale --lora.
     backend = backend_from_names(None, device)
     run_upscale(str(lr_path), str(one_pass), p, None, backend, MATRIX_709)
-    refine = 0 if p.refine_refused else DEMO_REFINE
-    run_analyse(str(lr_path), str(lora_path), p, refine, device, MATRIX_709,
-                source_kind="clean" if refine and p.card.is_real_source else None)  # the demo's LR is a clean BI downscale
+    # the demo's LR is a clean BI downscale: a real-source preset refines only if it takes clean sources
+    takes = not p.refine_refused and (not p.card.is_real_source or "clean" in (p.card.refine_kinds or ()))
+    run_analyse(str(lr_path), str(lora_path), p, DEMO_REFINE if takes else 0, device, MATRIX_709,
+                source_kind="clean" if takes and p.card.is_real_source else None)
     run_upscale(str(lr_path), str(sr_path), p, str(lora_path), backend, MATRIX_709)
 
     lr_rgb = to_rgb(open_input(str(lr_path), MATRIX_709).clip, "RGBS", MATRIX_709)
