@@ -90,14 +90,18 @@ def _import_extensions() -> None:
         raise KeyboardInterrupt
 
 
-def main(argv: list[str] | None = None) -> int:
-    """The console script. Ctrl-C or SIGTERM at any moment ends with `hypersr: interrupted` and exit 130,
-    leaving no output behind; the handlers come first, as importing torch takes seconds."""
+def main(argv: list[str] | None = None, interrupted_while_starting: bool = False) -> int:
+    """The command. Ctrl-C or SIGTERM at any moment ends with `hypersr: interrupted` and exit 130, leaving no
+    output behind; the handlers come first, as importing torch takes seconds (the console script, in
+    __main__.py, holds a signal that lands before this, and says so in `interrupted_while_starting`)."""
     signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     sys.stderr = _Stderr(sys.stderr)
     code = 0
     try:
+        if interrupted_while_starting:
+            INTERRUPTED.set()
+            raise KeyboardInterrupt
         args = build_parser().parse_args(argv)
         _import_extensions()
         if args.command in ("upscale", "analyse", "batch", "demo", "bench"):
@@ -146,7 +150,4 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     return code
 
-
-if __name__ == "__main__":
-    sys.exit(main())
 

@@ -60,7 +60,7 @@ esac
 mkdir -p /tmp/hypersr-pkg && ln -sfn "$PWD" /tmp/hypersr-pkg/hypersr
 export PYTHONPATH=/tmp/hypersr-pkg${PYTHONPATH_EXTRA:+:$PYTHONPATH_EXTRA} PYTHONUNBUFFERED=1 HYPERSR_TESTS_WITHOUT_FFMPEG=1
 PY=${PYTHON:-python3}
-hsr() { "$PY" -c 'import sys; from hypersr.cli import main; sys.exit(main(sys.argv[1:]))' "$@"; }
+hsr() { "$PY" -m hypersr "$@"; }
 
 LOG=$OUT/session.txt  # at most 8 files come back: one log, and per preset its card, weights and training log
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || echo "no GPU"; "$PY" -c 'import torch; print("torch", torch.__version__)'; } \
