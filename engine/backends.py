@@ -180,6 +180,16 @@ class Runner(Protocol):
     def forward(self, x: torch.Tensor, slot: Any) -> torch.Tensor:
         """[1, 2k+1, 3, h, w] -> [1, 3, s*h, s*w] (a whole frame or one tile)."""
 
+    # A runner with `splits` true also runs a network that has per-frame features (vsrt) in two parts, so
+    # that the Upscaler can keep each frame's features for the next windows.
+    splits: bool
+
+    def frame_features(self, frame: torch.Tensor, slot: Any) -> tuple[torch.Tensor, ...]:
+        """[1, 3, h, w] -> the network's frame_features."""
+
+    def aggregate(self, x: torch.Tensor, partial: torch.Tensor, deep: torch.Tensor, slot: Any) -> torch.Tensor:
+        """The window [1, 2k+1, 3, h, w] and its frames' features -> [1, 3, s*h, s*w]."""
+
     def to_host(self, y: torch.Tensor, slot: Any) -> np.ndarray:
         """[1, 3, H', W'] -> [3, H', W'] float32 on the host, clamped to 0..1."""
 
@@ -204,6 +214,14 @@ class CpuRunner:
     def forward(self, x: torch.Tensor, slot) -> torch.Tensor:
         return self.model(x)
 
+    splits = True
+
+    def frame_features(self, frame: torch.Tensor, slot) -> tuple[torch.Tensor, ...]:
+        return self.model.frame_features(frame)
+
+    def aggregate(self, x: torch.Tensor, partial: torch.Tensor, deep: torch.Tensor, slot) -> torch.Tensor:
+        return self.model.aggregate(x, partial, deep)
+
     def to_host(self, y: torch.Tensor, slot) -> np.ndarray:
         return y[0].clamp_(0, 1).numpy()
 
@@ -224,6 +242,7 @@ class CudaRunner:
         self.device, self.dtype = device, torch.float16
         self.model = model.to(device, torch.float16, memory_format=torch.channels_last)
         self.cuda_graphs = cuda_graphs
+        self.splits = not cuda_graphs  # a graph replays the whole-window network
 
     def new_slot(self) -> CudaSlot:
         return CudaSlot(torch.cuda.Stream(self.device))
@@ -264,6 +283,14 @@ class CudaRunner:
             static_in.copy_(x)
             g.replay()
             return static_out
+
+    def frame_features(self, frame: torch.Tensor, slot: CudaSlot) -> tuple[torch.Tensor, ...]:
+        with torch.cuda.stream(slot.stream):
+            return self.model.frame_features(frame)
+
+    def aggregate(self, x: torch.Tensor, partial: torch.Tensor, deep: torch.Tensor, slot: CudaSlot) -> torch.Tensor:
+        with torch.cuda.stream(slot.stream):
+            return self.model.aggregate(x, partial, deep)
 
     def to_host(self, y: torch.Tensor, slot: CudaSlot) -> np.ndarray:
         shape = tuple(y.shape[1:])
@@ -342,6 +369,7 @@ class TrtRunner(CudaRunner):
         import tensorrt
 
         super().__init__(base, device)
+        self.splits = False  # the engine is the exported whole-window network
         self.build_s = self.refit_s = None
         w, h = frame_size
         profile = trt_profile(w, h, preset.min_size)

@@ -57,20 +57,25 @@ def release_free_memory() -> None:
 
 @dataclass
 class _Slot:
-    """One stream: the runner's slot and the LR frames already on the device, by frame number."""
+    """One stream: the runner's slot, the LR frames already on the device and, for a network that splits into
+    per-frame features and a per-window part (vsrt), each frame's features by frame number and tile."""
 
     runner_slot: Any
     frames: OrderedDict = field(default_factory=OrderedDict)
+    features: OrderedDict = field(default_factory=OrderedDict)  # frame number -> {tile box: features}
     fetched: int = 0  # frames fetched and uploaded by this stream
+    featured: int = 0  # frames whose features this stream computed (tiles counted once)
 
 
 class Upscaler:
     """Pass two on one clip. Thread-safe: up to `num_streams` callers (VapourSynth's threads) run the model
     at once, each with its own slot of the backend (on a GPU: a CUDA stream and pinned buffers) and its own
     cache of the LR frames it has on the device, so a frame that several windows read is fetched and
-    uploaded once per stream. Frames larger than `tile` are processed in tiles overlapping by `tile_pad` LR
-    pixels (default: the network's receptive radius, or 16); where that covers the receptive field (the
-    fast and quality presets) tiled output equals untiled output.
+    uploaded once per stream. A network with per-frame features (vsrt: the backbone runs on each frame, the
+    transformer on the window) has them computed once per frame and stream, not once per window that holds
+    the frame: the same result as recomputing them. Frames larger than `tile` are processed in tiles
+    overlapping by `tile_pad` LR pixels (default: the network's receptive radius, or 16); where that covers
+    the receptive field (the fast and quality presets) tiled output equals untiled output.
 
     backend: Backend.CPU(...), .CUDA(...) or .TRT(...) (engine/backends.py; None: CUDA when there is a GPU).
     TRT needs `frame_size` (width, height) to build its engine profile."""
@@ -101,6 +106,8 @@ class Upscaler:
             self.runner = TrtRunner(base, model if lora is not None else None, self.preset, self.device, size, self.options.cache_dir)
         self.model = self.runner.model
         self.scale, self.window = self.preset.scale, self.preset.window
+        # TensorRT runs the exported whole-window network, and a CUDA graph replays one: neither splits
+        self.caches_features = hasattr(self.model, "aggregate") and getattr(self.runner, "splits", False)
         self.tile, self.tile_pad = tile, tile_pad
         self._all_slots = [_Slot(self.runner.new_slot()) for _ in range(self.options.num_streams)]
         self._slots: queue.Queue = queue.Queue()
@@ -117,25 +124,42 @@ class Upscaler:
         if width < m or height < m:
             raise HypersrError(f"frames of {width}x{height} are smaller than preset {self.preset.name}'s minimum of {m}x{m}; upscale larger video")
 
-    def _tiled(self, x: torch.Tensor, slot) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, slot: _Slot, numbers: list[int] | None, box: tuple[int, int, int, int]) -> torch.Tensor:
+        """The network on one window (or one tile box of it); with frame numbers, through the feature cache."""
+        if numbers is None or not self.caches_features:
+            return self.runner.forward(x, slot.runner_slot)
+        features = []
+        for i, m in enumerate(numbers):
+            by_box = slot.features.setdefault(m, {})
+            slot.features.move_to_end(m)
+            if box not in by_box:
+                by_box[box] = self.runner.frame_features(x[:, i], slot.runner_slot)
+                slot.featured += box[:2] == (0, 0)  # a frame's first tile
+            features.append(by_box[box])
+        while len(slot.features) > self.window:  # the oldest first: streams walk the clip forwards
+            slot.features.popitem(last=False)
+        partial = features[self.window // 2][0]
+        return self.runner.aggregate(x, partial, torch.stack([deep for _, deep in features], 1), slot.runner_slot)
+
+    def _tiled(self, x: torch.Tensor, slot: _Slot, numbers: list[int] | None) -> torch.Tensor:
         h, w = x.shape[-2:]
         t, pad, s = self.tile, self.tile_pad, self.scale
         if not t or (h <= t and w <= t):
-            return self.runner.forward(x, slot)
+            return self._forward(x, slot, numbers, (0, 0, h, w))
         out = torch.empty(x.shape[0], 3, h * s, w * s, device=x.device, dtype=x.dtype)
         for y0 in range(0, h, t):
             for x0 in range(0, w, t):
                 y1, x1 = min(y0 + t, h), min(x0 + t, w)
                 py0, px0, py1, px1 = max(y0 - pad, 0), max(x0 - pad, 0), min(y1 + pad, h), min(x1 + pad, w)
-                res = self.runner.forward(x[..., py0:py1, px0:px1], slot)
+                res = self._forward(x[..., py0:py1, px0:px1], slot, numbers, (py0, px0, py1, px1))
                 oy, ox = (y0 - py0) * s, (x0 - px0) * s
                 out[..., y0 * s : y1 * s, x0 * s : x1 * s] = res[..., oy : oy + (y1 - y0) * s, ox : ox + (x1 - x0) * s]
         return out
 
     @torch.inference_mode()
-    def _centre(self, slot: _Slot, frames: list[torch.Tensor]) -> np.ndarray:
+    def _centre(self, slot: _Slot, frames: list[torch.Tensor], numbers: list[int] | None = None) -> np.ndarray:
         x = self.runner.stack(frames, slot.runner_slot)
-        result = self.runner.to_host(self._tiled(x, slot.runner_slot), slot.runner_slot)
+        result = self.runner.to_host(self._tiled(x, slot, numbers), slot.runner_slot)
         if np.isnan(result).any():  # clamping keeps NaN, and NaN becomes black or noise in the output
             raise HypersrError("the network produced NaN values (is there NaN or inf in the input?); "
                                "stopped before writing that frame: check the input, or run without the LoRA")
@@ -159,7 +183,7 @@ class Upscaler:
                 else:
                     slot.frames.move_to_end(m)
                 frames.append(x)
-            return self._centre(slot, frames)
+            return self._centre(slot, frames, numbers)
         finally:
             self._slots.put(slot)
 

@@ -109,7 +109,7 @@ def test_train_base_refuses_an_init_of_another_network(tmp_path):
     from helpers import assert_clean_error, run_hypersr
 
     pack = tiny_pack(tmp_path / "pack.npz")
-    for init, words in (("vsrt-x2", ("not fast-x2's",)), ("nope", ("unknown preset",))):
+    for init, words in (("vsrt-x2", ("neither fast-x2's nor its backbone",)), ("nope", ("unknown preset",))):
         proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()

@@ -1,5 +1,6 @@
-"""The vsrt family (engine/vsrt.py): STCSA, the positional encoding, flow warping, and the whole network
-through the paths users run (LoRA, export, VapourSynth)."""
+"""The vsrt family (engine/networks/vsrt.py): STCSA, the positional encoding, flow warping, the network over
+the SPAN backbone (the single-frame SPAN at step 0, features once per frame), and the whole network through
+the paths users run (LoRA, export, VapourSynth)."""
 
 from __future__ import annotations
 
@@ -12,18 +13,24 @@ from hypersr.engine.lora import lora_applied, lora_layers
 from hypersr.engine.networks import build_model
 from hypersr.engine.networks.vsrt import STCSA, flow_warp, positional_encoding
 
-ARCH = {"type": "vsrt", "scale": 2, "window": 5, "channels": 12, "patch": 4, "region": 16, "flow_width": 8, "blocks": 1}
+ARCH = {"type": "vsrt", "scale": 2, "window": 5, "channels": 12, "blocks": 1, "dim": 12, "patch": 4, "region": 16, "flow_width": 8}
 
 
 def random_network(**overrides) -> torch.nn.Module:
-    """A vsrt network whose zero-initialised outputs (tail, flow levels) are random too, so that every part
+    """A vsrt network whose zero-initialised outputs (merge, flow levels) are random too, so that every part
     reaches the output."""
     torch.manual_seed(0)
     model = build_model({**ARCH, **overrides}).eval()
     with torch.no_grad():
-        for conv in [model.tail] + ([level[-1] for level in model.flow.levels] if model.flow is not None else []):
+        for conv in [model.merge] + ([level[-1] for level in model.flow.levels] if model.flow is not None else []):
             conv.weight.normal_(0, 0.05)
     return model
+
+
+def smooth_frames(frames: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """Frames like pictures rather than noise (SPAN's output on uniform noise reaches +-200)."""
+    g = torch.Generator().manual_seed(seed)
+    return F.interpolate(torch.rand(frames, 3, height // 4, width // 4, generator=g), size=(height, width), mode="bicubic").clamp(0, 1)
 
 
 def test_stcsa_shapes_and_tokens_round_trip():
@@ -105,6 +112,25 @@ def test_flow_warp_follows_a_known_shift():
     torch.testing.assert_close(flow_warp(image, torch.zeros(1, 2, 48, 64)), image, atol=1e-5, rtol=0)
 
 
+def test_flow_loss_teaches_the_flow_network_a_known_shift():
+    """The self-supervised flow loss alone (training adds it while `merge` is still near zero) finds the motion."""
+    torch.manual_seed(5)
+    model = build_model({**ARCH, "window": 3})
+    image = F.avg_pool2d(torch.rand(1, 3, 40, 40), 3, 1, 1)
+    window = torch.stack([torch.roll(image, s, 3) for s in (-1, 0, 1)], 1)[..., 4:-4, 4:-4]  # content moves 1 pixel right a frame
+    opt = torch.optim.Adam(model.flow.parameters(), 3e-3)
+    first = model.flow_loss(window).item()
+    for _ in range(60):
+        loss = model.flow_loss(window)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.8 * first
+    with torch.no_grad():
+        flow = model.flow(window[:, 1], window[:, 2])[..., 6:-6, 6:-6]  # the centre's pixel p is at p + (1, 0) in the next frame
+    assert abs(flow[:, 0].mean().item() - 1) < 0.1 and abs(flow[:, 1].mean().item()) < 0.1, flow.mean((0, 2, 3))
+
+
 def test_network_interface_odd_sizes_and_every_frame_counts():
     model = random_network()
     window = torch.rand(2, 5, 3, 21, 35)  # not multiples of the attention square: padded inside, cropped after
@@ -131,7 +157,8 @@ def test_ablations_build_and_run(part):
 def test_lora_adapts_the_network_and_merges_exactly():
     model = random_network()
     layers = lora_layers(model)
-    assert {"head", "attention.0.q", "attention.0.out", "feed_forward.0.backward_net.merge", "tail"} <= set(layers)
+    assert {"backbone.conv_1", "backbone.upsampler", "entry", "attention.0.q", "attention.0.out", "feed_forward.0.backward_net.merge",
+            "merge"} <= set(layers)
     assert not any(name.startswith("flow.") for name in layers)  # the flow network is not adapted
     g = torch.Generator().manual_seed(4)
     factors = {name: (torch.randn(2, m.fan_in, generator=g) * 0.05, torch.randn(m.out_channels, 2, generator=g) * 0.05) for name, m in layers.items()}
@@ -176,6 +203,59 @@ def test_export_dynamic_sizes_match(tmp_path):
     assert np.isfinite(traced(x).numpy()).all()
 
 
+def test_step_zero_is_the_single_frame_backbone():
+    """Started from quality-x2 (the official SPAN), an untrained vsrt-x2 gives SPAN's picture exactly: training
+    learns only what the neighbouring frames add."""
+    from hypersr.engine import preset_registry
+
+    span = preset_registry.load_model("quality-x2")
+    model = build_model(preset_registry.get("vsrt-x2").card.architecture.as_dict()).eval()
+    model.backbone.load_state_dict(span.state_dict())
+    window = smooth_frames(5, 36, 52)[None]
+    with torch.no_grad():
+        torch.testing.assert_close(model(window), span(window[:, 2:3]), atol=1e-5, rtol=0)
+        window[:, 0] = window[:, 0].flip(-1)  # and no neighbour reaches the output yet
+        torch.testing.assert_close(model(window), span(window[:, 2:3]), atol=1e-5, rtol=0)
+
+
+def test_features_once_per_frame_in_training_equal_every_window():
+    from hypersr.engine.window import window_indices
+    from hypersr.training.train import upscale_clip
+
+    model = random_network()
+    clip = smooth_frames(7, 24, 40, seed=1)
+    with torch.no_grad():
+        once = upscale_clip(model, clip, batch=3)
+        every = torch.cat([model(clip[row][None]).clamp(0, 1) for row in torch.from_numpy(window_indices(range(7), 7, 5))])
+    torch.testing.assert_close(once, every, atol=1e-5, rtol=0)
+
+
+def test_runtime_keeps_each_frames_features_for_the_next_windows():
+    """Pass two computes the backbone once per frame and stream (a window of 5 would otherwise run it 5 times
+    per frame), with the same result as a window on its own; tiles keep their own features."""
+    from hypersr.engine.backends import CPU
+    from hypersr.engine.runtime import Upscaler
+    from hypersr.engine.window import window_indices
+
+    clip = smooth_frames(8, 40, 56, seed=2).numpy()
+    upscaler = Upscaler("vsrt-x2", backend=CPU())
+    assert upscaler.caches_features
+    with torch.no_grad():
+        upscaler.model.merge.weight.normal_(0, 0.05, generator=torch.Generator().manual_seed(3))  # every neighbour counts
+    cached = upscaler.clip(clip)
+    alone = np.stack([upscaler(clip[list(row)]) for row in window_indices(range(8), 8, 5)])
+    np.testing.assert_array_equal(cached, alone)
+    assert upscaler._all_slots[0].featured == 8
+    assert len(upscaler._all_slots[0].features) <= 5  # only the frames the next window can still read
+
+    tiled = Upscaler("vsrt-x2", backend=CPU(), tile=20, tile_pad=8)
+    tiled.model.load_state_dict(upscaler.model.state_dict())
+    tiled_cached = tiled.clip(clip)
+    tiled_alone = np.stack([tiled(clip[list(row)]) for row in window_indices(range(8), 8, 5)])
+    np.testing.assert_array_equal(tiled_cached, tiled_alone)
+    assert tiled._all_slots[0].featured == 8
+
+
 # --- the shipped vsrt-x2 preset through the paths users run ---------------------------------------------
 
 def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
@@ -190,7 +270,7 @@ def test_vsrt_x2_onnx_in_vs_mlrt_matches_hypersr(tmp_path):
     onnx = tmp_path / "vsrt.onnx"
     proc = run_hypersr("export", "onnx", "--preset", "vsrt-x2", "-o", onnx)
     assert proc.returncode == 0, proc.stderr.decode()
-    frames = np.random.default_rng(8).random((6, 3, 36, 52), dtype=np.float32)
+    frames = smooth_frames(6, 36, 52, seed=8).numpy()
     clip = clip_from_array(frames)
     ours = clip_to_array(upscale(clip, preset="vsrt-x2", backend=Backend.CPU()))
     theirs = clip_to_array(vs.core.ort.Model(window_clips(clip, 2), network_path=str(onnx), provider="CPU"))
@@ -207,7 +287,7 @@ def test_vsrt_x2_torchscript_for_ffmpeg(tmp_path):
     assert run_hypersr("export", "torchscript", "--preset", "vsrt-x2", "-o", path).returncode == 0
     module = torch.jit.load(str(path))
     model = preset_registry.load_model("vsrt-x2")
-    frames = torch.rand(3, 3, 40, 48)
+    frames = smooth_frames(3, 40, 48, seed=9)
     with torch.inference_mode():
         module(torch.rand(1, 3, 40, 48))  # FFmpeg's trial call
         for n in range(3):

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The prepared run for a lent GPU (one `device` call, at most 9 minutes): train real-x2 (SPAN on the
-# real-source mixture) longer and with bigger batches than a CPU can, run the cuda backend's tests and
+# real-source mixture) and vsrt-x2 (the transformer over SPAN's features, its card's recipe) longer and
+# with bigger batches than a CPU can, run the cuda backend's tests and
 # `bench speed --backend cuda`, and leave weights, logs and tables in $OUT. The device machine has torch,
 # numpy, safetensors, tqdm and pytest but no VapourSynth, no PyAV and no network; the repository travels
 # with `.gpu/` (the wheels and a small training pack), 64 MiB in all.
@@ -19,7 +20,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}
 GPU=.gpu
-PRESETS=(real-x2)
+PRESETS=(real-x2 vsrt-x2)
 
 case "$MODE" in
 prepare)
@@ -44,12 +45,12 @@ prepare)
   exit 0 ;;
 run)
   OUT=${OUT:?run it through the device tool, which sets OUT}
-  DEVICE=cuda; MINUTES=5; STEPS=(8000); BATCH=32; VAL=1000; BANK=16384; SIZE=; TESTS=(-k cuda)
+  DEVICE=cuda; MINUTES=3; STEPS=(8000 8000); BATCH=32; VAL=1000; BANK=16384; SIZE=; TESTS=(-k cuda)
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$GPU"/wheels/*.whl || exit 1
   PYTHONPATH_EXTRA=/tmp/site ;;
 rehearse)  # in a copy of the tree, so that --install touches nothing here
   OUT=${OUT:-/tmp/hypersr-gpu-rehearsal}; rm -rf "$OUT"; mkdir -p "$OUT"
-  DEVICE=cpu; MINUTES=1; STEPS=(4); BATCH=2; VAL=2; BANK=16; SIZE=(--size 64x36 --frames 1); TESTS=(-k "cuda or auto_picks")
+  DEVICE=cpu; MINUTES=1; STEPS=(4 4); BATCH=2; VAL=2; BANK=16; SIZE=(--size 64x36 --frames 1); TESTS=(-k "cuda or auto_picks")
   PYTHONPATH_EXTRA=; PYTHON=$PWD/.venv/bin/python
   TREE=$(mktemp -d); git ls-files -z | xargs -0 cp --parents -t "$TREE"; ln -s "$PWD/$GPU" "$TREE/$GPU"; cd "$TREE" ;;
 *)

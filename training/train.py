@@ -29,6 +29,8 @@ from . import data
 from .degradation import AUX_TARGETS, TrainingDegradation, aux_target
 from .metrics import clip_psnr
 
+FLOW_WEIGHT = 0.1  # the share of vsrt's self-supervised flow loss in its training loss
+
 
 def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
     """Upscale every frame of an LR clip [T, 3, h, w] with the model's window (clip ends repeat), batched and
@@ -36,10 +38,12 @@ def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
     benchmarks time) is engine/runtime.py's Upscaler."""
     t = lr.shape[0]
     idx = torch.from_numpy(window_indices(range(t), t, model.window))
-    outs = []
-    for i in range(0, t, batch):
-        outs.append(model(lr[idx[i : i + batch]]).clamp(0, 1))
-    return torch.cat(outs)
+    if hasattr(model, "aggregate"):  # vsrt: each frame's backbone features once, not once per window
+        parts = [model.frame_features(lr[i : i + batch]) for i in range(0, t, batch)]
+        partial, deep = torch.cat([p for p, _ in parts]), torch.cat([d for _, d in parts])
+        centre = model.window // 2
+        return torch.cat([model.aggregate(lr[w], partial[w[:, centre]], deep[w]).clamp(0, 1) for w in idx.split(batch)])
+    return torch.cat([model(lr[w]).clamp(0, 1) for w in idx.split(batch)])
 
 
 def validation_inputs(clips: dict[str, torch.Tensor], scale: int, degrade: TrainingDegradation) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -192,8 +196,8 @@ def train_base(
     trainable: list[str] | None = None,
     max_minutes: float | None = None,
 ) -> Path:
-    """Train a base network. init: a preset whose weights the run starts from (same architecture), e.g. a
-    real-source preset fine-tuned from its clean counterpart. trainable: the names of the parameters to
+    """Train a base network. init: a preset whose weights the run starts from (same architecture, e.g. a
+    real-source preset fine-tuned from its clean counterpart; or the backbone's, e.g. vsrt from SPAN). trainable: the names of the parameters to
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch, arch["window"])
@@ -212,10 +216,11 @@ def train_base(
     val_inputs = validation_inputs(val, scale, degrade)  # once: a real chain runs an encoder over every clip
 
     model = build_model(arch).to(device)
-    if init:
+    if init:  # the same network, or the pretrained backbone inside this one (vsrt's SPAN)
         from ..engine import preset_registry
 
-        model.load_state_dict(preset_registry.load_model(init).state_dict())
+        same = preset_registry.get(init).card.architecture.as_dict() == arch
+        (model if same else model.backbone).load_state_dict(preset_registry.load_model(init).state_dict())
     params = [p for n, p in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))]
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))
@@ -229,7 +234,11 @@ def train_base(
         else:
             hr = sampler.sample(batch, rng)
             lr_in = degrade(hr, scale, rng)
-        return charbonnier(model(lr_in.to(device)), hr[:, window // 2].to(device))
+        lr_in = lr_in.to(device)
+        loss = charbonnier(model(lr_in), hr[:, window // 2].to(device))
+        if getattr(model, "flow", None) is not None and any(p.requires_grad for p in model.flow.parameters()):
+            loss = loss + FLOW_WEIGHT * model.flow_loss(lr_in)
+        return loss
 
     config = {"arch": arch, "degradation": degradation, "batch": batch, "patch": patch, "lr": lr,  # steps may grow on resume
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}

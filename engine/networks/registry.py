@@ -34,11 +34,24 @@ def build_model(arch: dict) -> nn.Module:
     return ARCHITECTURES[kind](**arch)
 
 
+def backbone_of(arch: dict) -> dict | None:
+    """The architecture entry of the pretrained network inside the network `arch` describes (vsrt's SPAN, in
+    its attribute `backbone`), or None: a training run may start that part from a preset of this architecture."""
+    cls = ARCHITECTURES.get(arch.get("type"))
+    return cls.backbone_architecture(arch) if hasattr(cls, "backbone_architecture") else None
+
+
 def macs_per_lr_pixel(model: nn.Module, size: int = 32) -> int:
     """Multiply-accumulates per LR input pixel of the convolutions and matrix products (attention),
-    counted by torch's FlopCounterMode on a real forward pass."""
+    counted by torch's FlopCounterMode on a real forward pass: for a network with per-frame features (vsrt),
+    one frame's features and one window's aggregation, as pass two runs it."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    window = torch.zeros(1, model.window, 3, size, size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, model.window, 3, size, size))
+        if hasattr(model, "aggregate"):
+            partial, deep = model.frame_features(window[:, 0])
+            model.aggregate(window, partial, torch.stack([deep] * model.window, 1))
+        else:
+            model(window)
     return round(counter.get_total_flops() / 2 / (size * size))

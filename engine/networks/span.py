@@ -73,10 +73,33 @@ class SPAN(nn.Module):
         f = self.conv_1(x)
         if self.window > 1:
             f = self.fuse(f)
+        first, a, b = self.trunk(f)
+        out = self.conv_cat(torch.cat([f, self.conv_2(b), first, a], 1))
+        return F.pixel_shuffle(self.upsampler(out), self.scale)
+
+    def trunk(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The blocks: block 1's output, block 6's first SiLU and block 6's output."""
         b, first, a = f, None, None
         for block in self.blocks:
             b, a = block(b)
             if first is None:
                 first = b
-        out = self.conv_cat(torch.cat([f, self.conv_2(b), first, a], 1))
+        return first, a, b
+
+    # One frame in two halves, for a network that changes the deep features between them (vsrt): conv_cat
+    # is a 1x1 conv, so the share of f, block 1 and a_6 in it is computed once per frame.
+
+    def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames [B, 3, H, W] (a single-frame SPAN) -> (the tail's input without the deep features' share, the deep
+        features b_6), each [B, C, H, W]."""
+        f = self.conv_1((frames - self.mean) * 255.0)
+        first, a, b = self.trunk(f)
+        c = f.shape[1]
+        weight = self.conv_cat.effective_weight()
+        return F.conv2d(torch.cat([f, first, a], 1), torch.cat([weight[:, :c], weight[:, 2 * c :]], 1), self.conv_cat.bias), b
+
+    def reconstruct(self, partial: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """frame_features' two halves (the deep features possibly changed) -> the frame upscaled [B, 3, sH, sW]."""
+        c = deep.shape[1]
+        out = partial + F.conv2d(self.conv_2(deep), self.conv_cat.effective_weight()[:, c : 2 * c])
         return F.pixel_shuffle(self.upsampler(out), self.scale)

@@ -1,9 +1,14 @@
-"""The quality family (`vsrt-x2`): the Video Super-Resolution Transformer (Cao et al., 2021), scaled down
-so that it trains on a CPU.
+"""The quality family's video model (`vsrt-x2`): the Video Super-Resolution Transformer (Cao et al., 2021)
+over the pretrained SPAN backbone's per-frame features.
 
-    window [N, T, 3, H, W] -> per-frame features -> layers x (STCSA, then BOFF) -> centre frame's features
-    -> residual blocks -> pixel shuffle -> + bicubic of the centre frame
+    every frame of the window -> SPAN's head and blocks (frame_features: the tail's share of the shallow
+    features, and the deep features b_6), once per frame
+    deep features of all T frames -> LayerNorm, 1x1 to `dim` channels -> layers x (STCSA, then BOFF) ->
+    the centre frame's -> `merge` (1x1 back to SPAN's channels, starting at zero) -> times each pixel's
+    spread over the centre frame's channels -> added to its own b_6 -> SPAN's tail (conv_2, fusion, upsampler)
 
+At step 0 `merge` is zero, so the network *is* the single-frame SPAN, and training learns only what the
+neighbouring frames add. The transformer's parts:
 - STCSA (spatial-temporal convolutional self-attention): Q, K and V are three 3x3 convolutions of the
   feature maps of all T frames. Each map is cut into patches of `patch` x `patch` pixels, one token of
   C*patch*patch values per patch, and one attention head runs over the patches of all T frames. The
@@ -29,8 +34,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..lora import LoRAConv2d
+from ..losses import charbonnier
 from .blocks import ResBlock, conv3x3
 from .registry import register
+from .span import SPAN
 
 
 def positional_encoding(frames: int, height: int, width: int, channels: int, region: int) -> torch.Tensor:
@@ -178,39 +185,53 @@ class FeedForward(nn.Module):
 @register("vsrt")
 class VSRT(nn.Module):
     """Same interface as the other base models: window [N, T, 3, H, W] -> centre frame [N, 3, sH, sW].
-    stcsa / boff / posenc switch the three parts off for the ablation."""
+    channels and blocks are the backbone's (SPAN's), dim the transformer's width; stcsa / boff / posenc switch
+    the transformer's parts off for the ablation. The runtime may call frame_features once per frame and aggregate per window instead."""
 
-    def __init__(self, scale: int = 2, window: int = 5, channels: int = 36, layers: int = 1, patch: int = 4, region: int = 16,
-                 flow_levels: int = 3, flow_width: int = 24, blocks: int = 2, stcsa: bool = True, boff: bool = True, posenc: bool = True):
+    def __init__(self, scale: int = 2, window: int = 5, channels: int = 48, blocks: int = 6, dim: int = 24, layers: int = 1, patch: int = 4,
+                 region: int = 16, flow_levels: int = 3, flow_width: int = 24, stcsa: bool = True, boff: bool = True, posenc: bool = True):
         super().__init__()
         if window % 2 != 1:
             raise ValueError("window must be odd (2k+1 frames)")
         self.scale, self.window, self.region = scale, window, region
         self.posenc = posenc and stcsa
-        self.multiple = max(region, 2 ** (flow_levels - 1))  # frames are padded to a multiple of this
-        self.head = conv3x3(3, channels)
-        self.head_block = ResBlock(channels)
-        self.attention = nn.ModuleList(STCSA(channels, patch, region) if stcsa else nn.Identity() for _ in range(layers))
-        self.feed_forward = nn.ModuleList(BOFF(channels) if boff else FeedForward(channels) for _ in range(layers))
+        self.multiple = max(region, 2 ** (flow_levels - 1))  # the transformer pads frames to a multiple of this
+        self.backbone = SPAN(scale, 1, channels, blocks)
+        # LR pixels that reach a tile's output: the backbone's, an attention square and the flow's coarsest level
+        self.receptive_radius = self.backbone.receptive_radius + self.multiple
+        self.entry_norm = nn.LayerNorm(channels)  # SPAN's features are on a 0..255 scale
+        self.entry = LoRAConv2d(channels, dim, 1)
+        self.attention = nn.ModuleList(STCSA(dim, patch, region) if stcsa else nn.Identity() for _ in range(layers))
+        self.feed_forward = nn.ModuleList(BOFF(dim) if boff else FeedForward(dim) for _ in range(layers))
         self.flow = PyramidFlow(flow_levels, flow_width) if boff else None
-        self.body = nn.Sequential(*[ResBlock(channels) for _ in range(blocks)])
-        self.tail = conv3x3(channels, 3 * scale * scale)
-        nn.init.zeros_(self.tail.weight)
-        nn.init.zeros_(self.tail.bias)
-        self.channels = channels
+        self.merge = LoRAConv2d(dim, channels, 1)
+        nn.init.zeros_(self.merge.weight)
+        nn.init.zeros_(self.merge.bias)
+        self.dim = dim
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def backbone_architecture(arch: dict) -> dict:
+        """The architecture entry of the single-frame SPAN inside a vsrt architecture entry: the preset
+        whose weights a training run may start the backbone from."""
+        return {"type": "span", "scale": arch.get("scale", 2), "window": 1, "channels": arch.get("channels", 48), "blocks": arch.get("blocks", 6)}
+
+    def frame_features(self, frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 3, H, W] -> the backbone's (tail share, deep features) per frame: what a window of frames shares."""
+        return self.backbone.frame_features(frames)
+
+    def aggregate(self, window: torch.Tensor, partial: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """window [N, T, 3, H, W] (for the flow), the centre frame's tail share [N, C, H, W] and every frame's deep
+        features [N, T, C, H, W] -> the centre frame upscaled [N, 3, sH, sW]."""
         n, _, c, h, w = window.shape
         t = self.window  # a Python int, also when tracing for export
         centre = t // 2
         m = self.multiple
         ph, pw = (m - h % m) % m, (m - w % m) % m
-        frames = F.pad(window.reshape(n * t, c, h, w), (0, pw, 0, ph), mode="replicate")
         hp, wp = h + ph, w + pw
-        x = self.head_block(F.relu(self.head(frames)))
-        skip = x.reshape(n, t, -1, hp, wp)[:, centre]
-        pos = positional_encoding(t, hp, wp, self.channels, self.region).to(x).repeat(n, 1, 1, 1) if self.posenc else None
-        lr = frames.reshape(n, t, c, hp, wp)
+        x = self.entry(layer_norm_2d(self.entry_norm, deep.reshape(n * t, -1, h, w)))
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+        lr = F.pad(window.reshape(n * t, c, h, w), (0, pw, 0, ph), mode="replicate").reshape(n, t, c, hp, wp)
+        pos = positional_encoding(t, hp, wp, self.dim, self.region).to(x).repeat(n, 1, 1, 1) if self.posenc else None
         flows: dict[tuple[int, int], torch.Tensor] = {}
 
         def flow(a: int, b: int) -> torch.Tensor:
@@ -223,7 +244,26 @@ class VSRT(nn.Module):
             x = x if isinstance(attention, nn.Identity) else attention(x, pos, n, t)
             wanted = [centre] if i == last else list(range(t))
             x = feed_forward(x.reshape(n, t, -1, hp, wp), flow, wanted, t).reshape(n * len(wanted), -1, hp, wp)
-        x = self.body(x + skip) + x + skip
-        residual = F.pixel_shuffle(self.tail(x), self.scale)[..., : h * self.scale, : w * self.scale]
-        base = F.interpolate(window[:, centre], scale_factor=self.scale, mode="bicubic", align_corners=False)
-        return base + residual
+        # merge speaks in units of each pixel's spread over the centre frame's channels (what entry_norm divides
+        # by): SPAN's features are on a 0..255 scale, where a unit change would be lost
+        own = deep[:, centre]
+        spread = own.var(1, keepdim=True, unbiased=False).add(self.entry_norm.eps).sqrt()
+        return self.backbone.reconstruct(partial, own + spread * self.merge(x)[..., :h, :w])
+
+    def flow_loss(self, window: torch.Tensor) -> torch.Tensor:
+        """Training's self-supervised signal for the flow network (its only other signal passes through `merge`,
+        which starts at zero): each frame warped by the flow from its neighbour must look like that neighbour
+        (Charbonnier), in both directions along the window, with a small penalty on the flow's roughness."""
+        n, t, c, h, w = window.shape
+        loss = window.new_zeros(())
+        for a, b in [(i, i + 1) for i in range(t - 1)] + [(i + 1, i) for i in range(t - 1)]:
+            f = self.flow(window[:, a], window[:, b])
+            loss = loss + charbonnier(flow_warp(window[:, b], f), window[:, a])
+            loss = loss + 0.01 * ((f[..., 1:, :] - f[..., :-1, :]).abs().mean() + (f[..., 1:] - f[..., :-1]).abs().mean())
+        return loss / (2 * (t - 1))
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        n, t, c, h, w = window.shape
+        partial, deep = self.frame_features(window.reshape(n * t, c, h, w))
+        partial = partial.reshape(n, t, -1, h, w)[:, self.window // 2]
+        return self.aggregate(window, partial, deep.reshape(n, t, -1, h, w))
