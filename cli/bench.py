@@ -32,7 +32,7 @@ def cmd_bench_quality(args) -> None:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
     results, missing = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out,
-                                args.export_variants, args.frames)
+                                args.export_variants, args.frames, args.tile or ())
     print(table(results, missing))
     print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
@@ -245,6 +245,8 @@ def add_commands(sub) -> None:
     bq.add_argument("--update-card", action="store_true", help="record the scores in each preset's model card")
     bq.add_argument("--frames", type=at_least(1), help="score this many frames spread over each clip (default all; LIIF needs it: it is slow)")
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
+    bq.add_argument("--tile", type=at_least(16), action="append",
+                    help="also score each preset in tiles of this many LR pixels (repeatable): what the seams cost")
     bq.set_defaults(func=cmd_bench_quality)
 
     br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")

@@ -54,6 +54,16 @@ def test_bench_quality_scores_every_peer_on_the_same_frames(hr):
     assert "--frames" in missing["liif"] and "liif: slow on a CPU" in table(_, missing)
 
 
+def test_bench_quality_scores_the_seams_of_tiles(hr):
+    results, _ = evaluate({"pattern": hr}, 2, ["quality-x2", "vsrt-x2"], frames=2, tiles=[24])
+    row = results["pattern"]
+    # quality-x2's overlap covers its receptive field: tiles change nothing; vsrt-x2's attention squares start
+    # at each tile's corner, so its tiles may differ, by little
+    assert row["quality-x2 tile=24"]["per_frame_psnr"] == row["quality-x2"]["per_frame_psnr"]
+    assert abs(row["vsrt-x2 tile=24"]["y_psnr"] - row["vsrt-x2"]["y_psnr"]) < 0.1
+    assert row["vsrt-x2 tile=24"]["y_psnr"] > 35
+
+
 def test_bench_speed_times_a_peer_in_its_own_process():
     row = bench_speed.measure("lanczos", "peer", 96, 64, 2, 2)
     assert row.get("ms_per_frame", 0) > 0 and row["peak_memory_mb"] > 0, row
