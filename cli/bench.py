@@ -1,4 +1,4 @@
-"""`hypersr bench quality | runs | real | memory | never-worse | bank | speed`: the measurements behind the README's tables;
+"""`hypersr bench quality | runs | real | memory | never-worse | bank | window | speed`: the measurements behind the README's tables;
 --update-card records them in the model cards (training/cards.py)."""
 
 from __future__ import annotations
@@ -200,6 +200,22 @@ def cmd_bench_bank(args) -> None:
     print(f"({time.time() - t0:.0f} s; frames 0..{args.frames - 1} of each clip; {cards.hardware()})", file=sys.stderr)
 
 
+def cmd_bench_window(args) -> None:
+    import numpy as np
+
+    from ..training import data
+    from ..training.evaluate import window_oracle, window_oracle_table
+
+    pack = data.load_pack(args.pack or args.data_dir / "train-pack.npz")
+    if pack.scenes.shape[1] < args.patch + 32:
+        raise HypersrError(f"the training pack's scenes ({pack.scenes.shape[1]} px) are too small for --patch {args.patch}; give a smaller --patch")
+    scenes = pack.scenes[np.random.default_rng(args.seed).choice(len(pack.scenes), min(args.scenes, len(pack.scenes)), replace=False)]
+    t0 = time.time()
+    print(window_oracle_table(window_oracle(args.preset, scenes, patch=args.patch, seed=args.seed)))
+    print(f"({time.time() - t0:.0f} s; {len(scenes)} scenes of the training pack, BI, Y-PSNR with the uncovered border cropped)",
+          file=sys.stderr)
+
+
 def cmd_bench_speed(args) -> None:
     import torch
 
@@ -299,6 +315,16 @@ def add_commands(sub) -> None:
     bb.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
     bb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bb.set_defaults(func=cmd_bench_bank)
+
+    bw = bench.add_parser("window", help="what the neighbouring frames know, with perfect alignment: "
+                          "exact pans, each frame upscaled alone, aligned, averaged")
+    bw.add_argument("--preset", default="quality-x2", help="the single-frame network that upscales each frame (default %(default)s)")
+    bw.add_argument("--scenes", type=at_least(1), default=96, help="scenes of the training pack (default %(default)s)")
+    bw.add_argument("--patch", type=at_least(32), default=128, help="HR side of each filmed window (default %(default)s)")
+    bw.add_argument("--seed", type=int, default=5)
+    bw.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
+    bw.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bw.set_defaults(func=cmd_bench_window)
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")

@@ -8,7 +8,7 @@ from helpers import assert_clean_error, run_hypersr
 
 from hypersr.training import bench_speed, peers
 from hypersr.training import degradation as deg
-from hypersr.training.evaluate import evaluate, table
+from hypersr.training.evaluate import evaluate, table, window_oracle, window_oracle_table
 from hypersr.training.metrics import y_psnr
 
 
@@ -74,3 +74,15 @@ def test_bench_speed_times_a_peer_in_its_own_process():
 def test_bench_options_checked_before_any_work():
     assert_clean_error(run_hypersr("bench", "quality", "--frames", "0"), "--frames", "must be 1 or more")
     assert_clean_error(run_hypersr("bench", "speed", "--peer", "waifu2x"), "unknown peer 'waifu2x'")
+
+
+def test_bench_window_finds_what_neighbours_know_only_at_new_phases():
+    # detailed scenes: noise softened a little, so the picture has detail near the LR grid's limit
+    noise = torch.rand(3, 3, 96, 96)
+    scenes = (torch.nn.functional.avg_pool2d(noise, 3, 1, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    rows = {r["pan"]: r for r in window_oracle("quality-x2", scenes, pans=((2, 0), (1, 1)), patch=64)}
+    moved_grid, new_phases = rows[(2, 0)], rows[(1, 1)]
+    assert abs(moved_grid["mean of 5"] - moved_grid["centre"]) < 0.05  # whole LR pixels: nothing new to average
+    assert new_phases["mean of 5"] > new_phases["centre"] + 0.1
+    assert "| 1, 1 |" in window_oracle_table(list(rows.values()))
+    assert_clean_error(run_hypersr("bench", "window", "--preset", "vsrt-x2", "--pack", "/no/such/pack.npz"), "training pack", "hypersr data pack")

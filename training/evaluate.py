@@ -192,3 +192,52 @@ def runs_table(rows: list[dict]) -> str:
         lines.append(f"| {r['run']} | " + " | ".join(f"{r['val_y_psnr'][c]:.2f}" for c in clips) +
                      f" | {r['mean']:.2f} | {r['parameters']:,} | {r['macs_per_input_pixel']:,} |")
     return "\n".join(lines)
+
+
+PANS = ((2, 0), (1, 0), (0, 1), (1, 1), (3, 1))  # HR pixels per frame; (2, 0) moves the LR grid by whole pixels: no new samples
+
+
+def window_oracle(preset: str, scenes: np.ndarray, pans=PANS, frames: int = 5, patch: int = 128, seed: int = 0) -> list[dict]:
+    """What a window's neighbouring frames know that the centre frame does not, with perfect alignment: each
+    scene [S, S, 3] uint8 filmed by a camera panning by whole HR pixels per frame (no resampling of the HR
+    frames), BI-downscaled, every frame upscaled by the preset on its own, shifted back by its exact offset
+    and averaged. Per pan: the centre frame's Y-PSNR and the gain of averaging 3 and all frames. An odd
+    HR offset per frame puts the LR samples at new phases; an even one only moves the LR grid."""
+    from ..engine.preset_registry import get, load_model
+    from .clips import Camera, render
+    from .degradation import TrainingDegradation
+    from .metrics import clip_psnr
+
+    scale, model = get(preset).scale, load_model(preset).eval()
+    if model.window != 1:
+        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. quality-x2) as the per-frame network")
+    degrade, rng, k = TrainingDegradation("bi"), np.random.default_rng(seed), frames // 2
+    border = max(max(abs(a), abs(b)) for a, b in pans) * k + scale * 4  # what the shifted frames leave uncovered, and more
+    rows = []
+    for pan in pans:
+        scores = {"centre": [], "mean of 3": [], f"mean of {frames}": []}
+        for scene in scenes:
+            side = scene.shape[0]
+            clip = data.quantise(render(data.to_float(scene), Camera((side / 2 - 0.5, side / 2 - 0.5), pan), frames, patch, start=-k))
+            lr = degrade(clip[None], scale, rng)[0]
+            with torch.inference_mode():
+                sr = data.quantise(torch.cat([model(f[None, None]) for f in lr]).clamp(0, 1))
+            # frame i shows the scene moved by pan * (i - k): roll it back
+            aligned = torch.stack([torch.roll(sr[i], (pan[1] * (i - k), pan[0] * (i - k)), (-2, -1)) for i in range(frames)])
+            crop = (slice(None), slice(None), slice(border, -border), slice(border, -border))
+            hr = clip[k][None][crop]
+            scores["centre"].append(clip_psnr(aligned[k][None][crop], hr))
+            scores["mean of 3"].append(clip_psnr(aligned[k - 1 : k + 2].mean(0)[None][crop], hr))
+            scores[f"mean of {frames}"].append(clip_psnr(aligned.mean(0)[None][crop], hr))
+        rows.append({"pan": pan, **{name: float(np.mean(v)) for name, v in scores.items()}})
+    return rows
+
+
+def window_oracle_table(rows: list[dict]) -> str:
+    means = [k for k in rows[0] if k.startswith("mean")]
+    lines = ["| pan (HR px per frame) | centre frame alone | " + " | ".join(f"aligned {m} (gain)" for m in means) + " |",
+             "|---" * (len(means) + 2) + "|"]
+    for r in rows:
+        gains = " | ".join(f"{r[m]:.3f} ({r[m] - r['centre']:+.3f})" for m in means)
+        lines.append(f"| {r['pan'][0]}, {r['pan'][1]} | {r['centre']:.3f} | {gains} |")
+    return "\n".join(lines)
