@@ -213,6 +213,7 @@ def window_oracle(preset: str, scenes: np.ndarray, pans=PANS, frames: int = 5, p
         raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. quality-x2) as the per-frame network")
     degrade, rng, k = TrainingDegradation("bi"), np.random.default_rng(seed), frames // 2
     border = max(max(abs(a), abs(b)) for a, b in pans) * k + scale * 4  # what the shifted frames leave uncovered, and more
+    crop = (slice(None), slice(None), slice(border, -border), slice(border, -border))
     rows = []
     for pan in pans:
         scores = {"centre": [], "mean of 3": [], f"mean of {frames}": []}
@@ -224,7 +225,6 @@ def window_oracle(preset: str, scenes: np.ndarray, pans=PANS, frames: int = 5, p
                 sr = data.quantise(torch.cat([model(f[None, None]) for f in lr]).clamp(0, 1))
             # frame i shows the scene moved by pan * (i - k): roll it back
             aligned = torch.stack([torch.roll(sr[i], (pan[1] * (i - k), pan[0] * (i - k)), (-2, -1)) for i in range(frames)])
-            crop = (slice(None), slice(None), slice(border, -border), slice(border, -border))
             hr = clip[k][None][crop]
             scores["centre"].append(clip_psnr(aligned[k][None][crop], hr))
             scores["mean of 3"].append(clip_psnr(aligned[k - 1 : k + 2].mean(0)[None][crop], hr))
