@@ -1,4 +1,4 @@
-"""`hypersr bench quality | runs | real | memory | never-worse | bank | window | speed`: the measurements behind the README's tables;
+"""`hypersr bench quality | runs | real | memory | never-worse | bank | kdsr | window | speed`: the measurements behind the README's tables;
 --update-card records them in the model cards (training/cards.py)."""
 
 from __future__ import annotations
@@ -200,6 +200,53 @@ def cmd_bench_bank(args) -> None:
     print(f"({time.time() - t0:.0f} s; frames 0..{args.frames - 1} of each clip; {cards.hardware()})", file=sys.stderr)
 
 
+def cmd_bench_kdsr(args) -> None:
+    from ..engine import degradation, preset_registry
+    from ..training import cards, kdsr
+    from ..training.data import ClipSampler, load_pack
+    from ..training.degradation import TrainingDegradation
+    from ..training.evaluate import validation_clips
+    from ..training.train import check_fits, validation_inputs
+
+    preset = preset_registry.get(args.preset)
+    if not (preset.card.is_real_source and preset.card.has_hypernet):
+        raise HypersrError(f"bench kdsr probes a real-source preset with a hypernet (real-x2); {preset.name} is not one")
+    pack = load_pack(args.pack or args.data_dir / "train-pack.npz")  # one line saying how to make it when missing
+    hp = {k: preset.card.hypernet.training["hyperparameters"][k] for k in ("clips", "frames", "targets", "lr", "seed", "size")}
+    check_fits(pack, "the preset's hypernet --size", hp["size"], hp["frames"])
+    t0 = time.time()
+    base = preset_registry.load_model(preset)
+    for p in base.parameters():
+        p.requires_grad_(False)
+    shipped, _ = preset_registry.load_hypernet(preset, base)
+    sampler = ClipSampler(pack.scenes, pack.clips, hp["frames"], hp["size"])
+    degrade = TrainingDegradation("real")
+    pairs = {k: (hr[:: args.val_every], lr[:: args.val_every]) for k, (hr, lr) in validation_inputs(pack.validation, base.scale, degrade).items()}
+    val = {"pairs": pairs, "base": kdsr.base_scores(base, pairs)}
+    stages = {}
+    teacher = kdsr.make_teacher(shipped, base.scale)
+    stages["teacher (reads HR)"] = kdsr.load_stage(teacher, args.out / "teacher")
+    if stages["teacher (reads HR)"] is None:
+        if not kdsr.train_stage(teacher, base, sampler, degrade, args.out / "teacher", hp, args.steps, val, max_minutes=args.max_minutes):
+            return
+        stages["teacher (reads HR)"] = teacher
+    teacher.eval()
+    for name, weight in (("control", 0.0), ("student", args.kd_weight)):
+        net = kdsr.drop_hr_inputs(teacher)
+        folder = args.out / name
+        if kdsr.load_stage(net, folder) is None and not kdsr.train_stage(net, base, sampler, degrade, folder, hp, args.steps, val, teacher,
+                                                                     weight, max_minutes=args.max_minutes):
+            return
+        stages[f"{name} (KD weight {weight:g})"] = net
+    print(f"training done ({time.time() - t0:.0f} s); scoring", file=sys.stderr)
+    clips = {name: hr[: args.frames] for name, hr in validation_clips(args.data_dir, args.clips).items()}
+    rows = kdsr.score({"shipped hypernet": shipped, **stages}, base, clips, list(degradation.CHAINS),
+                      progress=lambda line: print(line, file=sys.stderr))
+    print(f"{preset.name}: hypernets trained {args.steps} steps each from its own, Y-PSNR gain of the raw LoRA over the base (dB)")
+    print(kdsr.table(rows))
+    print(f"({time.time() - t0:.0f} s; frames 0..{args.frames - 1} of each clip; {cards.hardware()})", file=sys.stderr)
+
+
 def cmd_bench_window(args) -> None:
     import numpy as np
 
@@ -234,6 +281,13 @@ def cmd_bench_speed(args) -> None:
         if not size or min(int(size[1]), int(size[2])) < least:
             raise HypersrError(f"--size {args.size}: give the LR frame as WIDTHxHEIGHT, each {least} or more (e.g. 640x360)")
         sizes = {2: [(int(size[1]), int(size[2]))], 4: [(int(size[1]), int(size[2]))]}
+    if args.ablation:
+        w, h = sizes[2][0] if sizes else (960, 540)
+        for name in args.preset or ["vsrt-x2"]:
+            rows = bench_speed.ablation(name, w, h, args.frames)
+            print(f"{name}, its parts switched off: CPU time per {w}x{h} LR frame, as pass two runs it ({args.frames} frames after a warm-up)")
+            print(bench_speed.ablation_table(rows))
+        return
     unknown = sorted(set(args.peer or []) - set(peers.NAMES))
     if unknown:
         raise HypersrError(f"unknown peer {unknown[0]!r}; the peers are {', '.join(peers.NAMES)}")
@@ -316,6 +370,20 @@ def add_commands(sub) -> None:
     bb.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     bb.set_defaults(func=cmd_bench_bank)
 
+    bk = bench.add_parser("kdsr", help="a degradation code from a teacher that sees HR, distilled into the LR-only hypernet: "
+                          "would it make a real-source preset's memory gain?")
+    bk.add_argument("--preset", default="real-x2")
+    bk.add_argument("--steps", type=at_least(1), default=300, help="training steps of each hypernet (default %(default)s)")
+    bk.add_argument("--kd-weight", type=float, default=0.1, help="the distillation term's weight (default %(default)s)")
+    bk.add_argument("--out", type=Path, default=Path("runs/kdsr"), help="the runs' folder; the same command resumes (default %(default)s)")
+    bk.add_argument("--max-minutes", type=float, help="stop each run after this long, checkpointed (run again to go on)")
+    bk.add_argument("--frames", type=at_least(1), default=8, help="frames per validation clip (default %(default)s)")
+    bk.add_argument("--val-every", type=at_least(1), default=4, help="every Nth frame of the pack's validation while training (default %(default)s)")
+    bk.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    bk.add_argument("--pack", type=Path, help="training pack (default DATA_DIR/train-pack.npz)")
+    bk.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    bk.set_defaults(func=cmd_bench_kdsr)
+
     bw = bench.add_parser("window", help="what the neighbouring frames know, with perfect alignment: "
                           "exact pans, each frame upscaled alone, aligned, averaged")
     bw.add_argument("--preset", default="quality-x2", help="the single-frame network that upscales each frame (default %(default)s)")
@@ -332,5 +400,7 @@ def add_commands(sub) -> None:
     bs.add_argument("--frames", type=at_least(1), default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
     bs.add_argument("--peer", action="append", help="also time this peer (lanczos and nnedi3 are timed anyway; liif: minutes a frame on a CPU)")
+    bs.add_argument("--ablation", action="store_true", help="instead: a vsrt preset's network with each of its parts switched off "
+                    "(timing only; default preset vsrt-x2, size 960x540)")
     bs.set_defaults(func=cmd_bench_speed)
 

@@ -59,21 +59,33 @@ class ClipEncoder(nn.Module):
         )
         self.out = nn.Linear(2 * dim, dim)
 
-    def patches(self, frames: torch.Tensor) -> torch.Tensor:
-        """[T, 3, H, W] -> [T * P, 3, p, p] on the fixed grid (frames smaller than p are used whole)."""
-        h, w = frames.shape[-2:]
+    def grid(self, h: int, w: int) -> tuple[int, list[tuple[int, int]]]:
+        """The patch side and the top-left corners of the fixed grid on an h x w frame."""
         p = min(self.patch, h, w)
         p -= p % 4  # the base model's scale divides it (x2 and x4)
-        return torch.cat([frames[:, :, y : y + p, x : x + p] for y, x in patch_grid(h, w, p, self.per_side)])
+        return p, patch_grid(h, w, p, self.per_side)
 
-    def forward(self, frames: torch.Tensor, base: nn.Module) -> torch.Tensor:
-        """LR frames [T, 3, H, W] of one clip -> tokens [T * P, dim]. `base` is the frozen base model."""
+    def patches(self, frames: torch.Tensor) -> torch.Tensor:
+        """[T, 3, H, W] -> [T * P, 3, p, p] on the fixed grid (frames smaller than p are used whole)."""
+        p, corners = self.grid(*frames.shape[-2:])
+        return torch.cat([frames[:, :, y : y + p, x : x + p] for y, x in corners])
+
+    def inputs(self, frames: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """LR frames [T, 3, H, W] -> the encoder's input per patch [T * P, 6, p, p]: the patch and the base's
+        error one scale down."""
         x = self.patches(frames)
         with torch.no_grad():  # the base model's own attempt one scale down; no gradient into the base
             small = bi_downscale(x, base.scale)
             guess = base(small.unsqueeze(1).expand(-1, base.window, -1, -1, -1)).clamp(0, 1)
-        f = self.net(torch.cat([x, ERROR_GAIN * (guess - x)], 1))
+        return torch.cat([x, ERROR_GAIN * (guess - x)], 1)
+
+    def encode(self, inputs: torch.Tensor) -> torch.Tensor:
+        f = self.net(inputs)
         return self.out(torch.cat([f.mean((2, 3)), f.amax((2, 3))], 1))
+
+    def forward(self, frames: torch.Tensor, base: nn.Module) -> torch.Tensor:
+        """LR frames [T, 3, H, W] of one clip -> tokens [T * P, dim]. `base` is the frozen base model."""
+        return self.encode(self.inputs(frames, base))
 
 
 EVIDENCE_BINS = 20  # histogram of log2(8x8-block high-pass RMS x 255), from -4 to 6

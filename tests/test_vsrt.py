@@ -294,3 +294,20 @@ def test_vsrt_x2_torchscript_for_ffmpeg(tmp_path):
             out = module(frames[n][None])
             causal = [max(n - 2, 0), max(n - 1, 0), n, n, n]  # two previous, current, current again
             torch.testing.assert_close(out, model(frames[causal][None]).clamp(0, 1), atol=1e-5, rtol=0)
+
+
+def test_the_ablation_times_every_part_switched_off():
+    """`bench speed --ablation`: each variant is built and run as pass two runs it; its arithmetic says what was removed."""
+    from hypersr.engine.errors import HypersrError
+    from hypersr.training.bench_speed import ABLATION, ablation, ablation_table
+
+    rows = {r["variant"]: r for r in ablation("vsrt-x2", 64, 48, 1)}
+    assert list(rows)[1:] == list(ABLATION) and all(r["ms_per_frame"] > 0 for r in rows.values())
+    macs = {k: r["macs"] for k, r in rows.items()}
+    backbone = macs["the backbone alone, one frame at a time"]
+    assert macs["full"] == macs["without positional encoding"]  # the encoding is added, not multiplied
+    assert backbone < macs["without STCSA and BOFF"] < min(macs["without STCSA"], macs["without BOFF (a per-frame feed-forward, no flow)"])
+    assert max(macs["without STCSA"], macs["without BOFF (a per-frame feed-forward, no flow)"]) < macs["full"]
+    assert "| full |" in ablation_table(list(rows.values()))
+    with pytest.raises(HypersrError, match="quality-x2 is a span network"):
+        ablation("quality-x2", 64, 48, 1)

@@ -168,6 +168,62 @@ def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | N
     return rows, peaks
 
 
+ABLATION = {"full": {}, "without positional encoding": {"posenc": False}, "without STCSA": {"stcsa": False},
+            "without BOFF (a per-frame feed-forward, no flow)": {"boff": False}, "without STCSA and BOFF": {"stcsa": False, "boff": False}}
+
+
+def ablation(preset: str, w: int, h: int, frames: int) -> list[dict]:
+    """CPU time per frame of a vsrt preset's network with its parts switched off, run as pass two runs it
+    (CpuRunner; the backbone once per new frame, the transformer once per window), next to the backbone
+    alone: timing only, so a part no trained network has (BOFF's replacement) runs with its initial weights."""
+    import torch
+
+    from ..engine import preset_registry
+    from ..engine.backends import CpuRunner
+    from ..engine.errors import HypersrError
+    from ..engine.networks.registry import build_model, macs_per_lr_pixel
+    from ..engine.networks.vsrt import VSRT
+
+    arch = preset_registry.get(preset).card.architecture.as_dict()
+    if arch.get("type") != "vsrt":
+        raise HypersrError(f"--ablation times a vsrt preset's parts; {preset} is a {arch.get('type')} network")
+    lr = torch.rand(frames + arch["window"], 3, h, w, generator=torch.Generator().manual_seed(0))
+    rows = []
+    with torch.inference_mode():
+        backbone = CpuRunner(build_model(VSRT.backbone_architecture(arch)).eval())
+        backbone.forward(lr[:1, None], None)  # warm-up
+        t0 = time.perf_counter()
+        for n in range(frames):
+            backbone.forward(lr[n : n + 1, None], None)
+        base_ms = (time.perf_counter() - t0) / frames * 1e3
+        rows.append({"variant": "the backbone alone, one frame at a time", "ms_per_frame": base_ms, "macs": macs_per_lr_pixel(backbone.model)})
+        for name, change in ABLATION.items():
+            runner = CpuRunner(build_model({**arch, **change}).eval())
+            t = arch["window"]
+            features = [runner.frame_features(lr[i : i + 1], None) for i in range(t)]
+
+            def window(start: int, features=features, runner=runner, t=t):
+                partial, deep = zip(*features[start : start + t])
+                return runner.aggregate(lr[None, start : start + t], partial[t // 2], torch.stack(deep, 1), None)
+
+            window(0)  # warm-up
+            t0 = time.perf_counter()
+            for n in range(1, frames + 1):
+                features.append(runner.frame_features(lr[n + t - 1 : n + t], None))
+                window(n)
+            ms = (time.perf_counter() - t0) / frames * 1e3
+            rows.append({"variant": name, "ms_per_frame": ms, "macs": macs_per_lr_pixel(runner.model), "over_backbone": ms / base_ms - 1})
+    return rows
+
+
+def ablation_table(rows: list[dict]) -> str:
+    lines = ["| network | ms/frame | over the backbone | multiply-adds per LR pixel |", "|---|---|---|---|"]
+    for r in rows:
+        share = f"+{r['over_backbone']:.0%}" if "over_backbone" in r else ""
+        lines.append(f"| {r['variant']} | {r['ms_per_frame']:.0f} | {share} | {r['macs']:,} |")
+    return "\n".join(lines)
+
+
 if __name__ == "__main__":  # one row, for measure()
     name, backend, w, h, frames, scale = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:7])
     from ..engine.runtime import keep_large_buffers

@@ -256,15 +256,17 @@ AUX_WEIGHT = 0.01  # the auxiliary degradation head's share of the meta-training
 HYPERNET_ARCH = {"dim": 64, "queries": 8, "rank": 4, "patch": 32, "per_side": 4, "hidden": 128}
 HYPERNET_HYPERPARAMETERS = {"steps": 3000, "clips": 4, "frames": 6, "targets": 2, "lr": 1e-3, "seed": 0}  # size: 64 LR pixels
 
-def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int], centres: list[int], aux=None, aux_target=None) -> torch.Tensor:
+def clip_loss(hypernet, base, hr: torch.Tensor, lr: torch.Tensor, cuts: list[int], centres: list[int], aux=None, aux_target=None,
+              summary=None) -> torch.Tensor:
     """One clip: LR -> hypernet -> LoRA -> base + LoRA upscales windows of the same clip -> Charbonnier.
     aux: a head reading the standardised summary that must predict the clip's degradation (aux_target);
-    its error is added with weight AUX_WEIGHT, so that the summary learns what degraded the clip."""
+    its error is added with weight AUX_WEIGHT, so that the summary learns what degraded the clip.
+    summary: the clip's summary where the caller made it (a teacher that also reads HR)."""
     from ..engine.hypernet import Memory
     from ..engine.lora import lora_applied
 
     idx = data.shot_windows(centres, cuts, len(hr), base.window)
-    summary = hypernet.summarise(lr, base)
+    summary = hypernet.summarise(lr, base) if summary is None else summary
     with lora_applied(base, hypernet.factors(summary)):
         loss = charbonnier(base(lr[idx]), hr[centres])
     if aux is not None:
