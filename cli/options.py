@@ -35,6 +35,17 @@ def positive_minutes(text: str) -> float:
     return value
 
 
+def positive_number(text: str) -> float:
+    """An argparse type for a step size or a weight: a positive, finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
 def at_least(least: int):
     """An argparse type: a whole number no smaller than `least` (a count of frames, steps, clips), so that
     0 or -3 is refused before any work instead of failing deep inside it."""

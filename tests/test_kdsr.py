@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from test_training import tiny_pack, waves
 
 from hypersr.engine import preset_registry
+from hypersr.engine.errors import HypersrError
 from hypersr.engine.lora import lora_applied
 from hypersr.training import kdsr
-from hypersr.training.data import ClipSampler, load_pack
+from hypersr.training.data import ClipSampler, load_pack, quantise
 from hypersr.training.degradation import TrainingDegradation
 
 
@@ -67,29 +69,45 @@ def test_stages_train_resume_and_score(tmp_path):
     pairs = {"waves": (hr, lr)}
     val = {"pairs": pairs, "base": kdsr.base_scores(base, pairs)}
     teacher = kdsr.make_teacher(hypernet, base.scale)
-    blend_before = {k: v.clone() for k, v in teacher.state_dict().items() if k.startswith("blend.")}
+    config = kdsr.stage_config(teacher, hp, 2)
+    frozen = {k: v.clone() for k, v in teacher.state_dict().items() if k.startswith(("blend.", "standardise."))}
     degrade = TrainingDegradation("real")
     assert not kdsr.train_stage(teacher, base, sampler, degrade, tmp_path / "teacher", hp, 2, val, max_minutes=1e-9)  # stops, checkpointed
-    assert kdsr.load_stage(kdsr.make_teacher(hypernet, base.scale), tmp_path / "teacher") is None
+    assert kdsr.load_stage(kdsr.make_teacher(hypernet, base.scale), tmp_path / "teacher", config) is None
+    teacher = kdsr.make_teacher(hypernet, base.scale)  # as the same command run again: a fresh start that resumes
     assert kdsr.train_stage(teacher, base, sampler, degrade, tmp_path / "teacher", hp, 2, val)  # resumes and finishes
     log = [json.loads(line) for line in (tmp_path / "teacher" / "log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [0, 1, 2]
-    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in blend_before.items())  # the clean blend stays as shipped
-    moved = teacher.encoder.net[0].weight[:, 6:]
-    assert moved.abs().amax() > 0  # the HR inputs learnt something from zero
-    loaded = kdsr.load_stage(kdsr.make_teacher(hypernet, base.scale), tmp_path / "teacher")
+    # the clean blend's head and the summary's standardisation stay as shipped
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in frozen.items())
+    assert teacher.encoder.net[0].weight[:, 6:].abs().amax() > 0  # the HR inputs learnt something from zero
+    loaded = kdsr.load_stage(kdsr.make_teacher(hypernet, base.scale), tmp_path / "teacher", config)
     assert torch.equal(loaded.encoder.net[0].weight, teacher.encoder.net[0].weight)
+    with pytest.raises(HypersrError, match="other settings"):  # a finished run is not reused under other settings
+        kdsr.load_stage(kdsr.make_teacher(hypernet, base.scale), tmp_path / "teacher", kdsr.stage_config(teacher, {**hp, "lr": 1e-4}, 2))
 
+    # student and control: the same start and clips, so their first step differs by the distillation term alone
     teacher.eval()
-    student = kdsr.drop_hr_inputs(teacher)
-    assert kdsr.train_stage(student, base, sampler, degrade, tmp_path / "student", hp, 1, val, teacher, kd_weight=1.0)
-    kd = [json.loads(line) for line in (tmp_path / "student" / "log.jsonl").read_text().splitlines()][-1]
-    assert kd["loss"] > 0
+    losses = {}
+    for name, weight in (("control", 0.0), ("student", 1.0)):
+        net = kdsr.drop_hr_inputs(teacher)
+        assert kdsr.train_stage(net, base, sampler, degrade, tmp_path / name, hp, 1, val, teacher, kd_weight=weight)
+        losses[name] = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()][-1]["loss"]
+    with torch.no_grad():
+        rng = np.random.default_rng(hp["seed"])
+        first, _ = sampler.sample(rng)
+        rng.choice(hp["frames"], hp["targets"], replace=False)
+        lr_first, _ = degrade.clip(first, base.scale, rng)
+        student = kdsr.drop_hr_inputs(teacher).eval()
+        distance = torch.nn.functional.mse_loss(kdsr.code(student, student.summarise(lr_first, base)),
+                                                kdsr.code(teacher, kdsr.summarise(teacher, lr_first, first, base)))
+    assert distance > 0
+    assert losses["student"] - losses["control"] == pytest.approx(float(distance), rel=1e-3)
 
-    rows = kdsr.score({"teacher": teacher, "student": student}, base, {"waves": hr}, ["bi", "point-h264"], progress=lambda _: None)
+    rows = kdsr.score({"teacher": teacher, "student": net}, base, {"waves": hr}, ["bi", "point-h264"], progress=lambda _: None)
     assert [(r["chain"], r["clip"]) for r in rows] == [("bi", "waves"), ("point-h264", "waves")]
-    with torch.no_grad(), lora_applied(base, student.factors(student.summarise(lr, base))):
-        expected = kdsr.clip_psnr(kdsr.upscale(base, lr), hr) - rows[0]["base"]
+    with torch.no_grad(), lora_applied(base, net.factors(net.summarise(lr, base))):
+        expected = kdsr.clip_psnr(quantise(kdsr.upscale(base, lr)), hr) - rows[0]["base"]
     assert abs(rows[0]["gain"]["student"] - expected) < 1e-9  # the bi row scores the student's own LoRA on the same LR
     table = kdsr.table(rows)
     assert "| point-h264 | waves |" in table and "| student |" in table

@@ -2,7 +2,7 @@
 LR-only encoder, let a real-source preset's memory gain (issue #25, part 2a; KDSR, Xia et al., AAAI 2022)?
 
 Three hypernets, each trained end to end through the frozen base with the HR loss on clips degraded by the
-preset's own mixture (the clean blend kept as shipped, so only the learnt LoRA moves):
+preset's own mixture (the clean blend's head frozen as shipped; its share still follows the summary it reads):
 - teacher: the preset's hypernet whose encoder also reads, for every patch, the base's error against HR
   (base(LR) - HR, unshuffled onto the LR grid). It knows how the base fails on this very clip, which is
   more than an exact identifier of the degradation would: what it gains bounds what distillation can give.
@@ -18,22 +18,25 @@ Each is then scored on `bench real`'s chains x validation clips against the base
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..engine import degradation as deg
+from ..engine.errors import HypersrError
 from ..engine.hypernet import ERROR_GAIN, evidence_sums
 from .bench_bank import upscale
+from .data import quantise
 from .degradation import TrainingDegradation
 from .metrics import clip_psnr
 from .train import clip_loss, cosine_schedule, training_loop
-
-KD_WEIGHT = 0.1  # the codes' squared distance is ~0.01-1 where the Charbonnier loss is ~0.02-0.05
 
 
 def hr_error(hypernet, lr: torch.Tensor, hr: torch.Tensor, base) -> torch.Tensor:
@@ -94,7 +97,8 @@ def code(hypernet, summary) -> torch.Tensor:
 
 @torch.no_grad()
 def base_scores(base, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, float]:
-    return {name: clip_psnr(upscale(base, lr), hr) for name, (hr, lr) in pairs.items()}
+    """Y-PSNR of the base's 8-bit output (as users get it) on each (HR, LR) pair."""
+    return {name: clip_psnr(quantise(upscale(base, lr)), hr) for name, (hr, lr) in pairs.items()}
 
 
 @torch.no_grad()
@@ -107,7 +111,7 @@ def gains(hypernet, base, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], b
     out = {}
     for name, (hr, lr) in pairs.items():
         with lora_applied(base, hypernet.factors(summarise(hypernet, lr, hr, base))):
-            out[name] = clip_psnr(upscale(base, lr), hr) - base_scores[name]
+            out[name] = clip_psnr(quantise(upscale(base, lr)), hr) - base_scores[name]
     hypernet.train(was_training)
     return out
 
@@ -117,7 +121,10 @@ def train_stage(hypernet, base, sampler, degrade: TrainingDegradation, out: Path
     """Train one hypernet (the clean blend frozen) through training's loop; True when all steps are done.
     val: {"pairs": {name: (HR, LR)}, "base": {name: Y-PSNR}} for the loop's validation."""
     torch.manual_seed(hp["seed"])
-    rng = np.random.default_rng(hp["seed"])
+    rng = np.random.default_rng(hp["seed"])  # the same seed for every stage: student and control see the same clips
+    hypernet.eval()  # the summary's standardiser stays as calibrated for the shipped hypernet (eval: no running update)
+    if teacher is not None:
+        teacher.eval()
     params = [p for n, p in hypernet.named_parameters() if not n.startswith("blend.")]
     for n, p in hypernet.named_parameters():
         p.requires_grad_(not n.startswith("blend."))
@@ -141,21 +148,37 @@ def train_stage(hypernet, base, sampler, degrade: TrainingDegradation, out: Path
         return loss
 
     out.mkdir(parents=True, exist_ok=True)
-    config = {"hyperparameters": hp, "steps": steps, "kd_weight": kd_weight, "reads_hr": reads_hr(hypernet)}
+    config = stage_config(hypernet, hp, steps, kd_weight, teacher)
     done = training_loop(out, f"kdsr {out.name}", hypernet, params, opt, sched, rng, "cpu", steps, max(1, steps // 2), config, loss_fn,
                          lambda: gains(hypernet, base, val["pairs"], val["base"]),
                          lambda g: {"gain": " ".join(f"{v:+.3f}" for v in g.values())}, clip_grad=1.0, max_minutes=max_minutes)
     if done < steps:
         return False
-    save_file({k: v.detach().contiguous() for k, v in hypernet.state_dict().items()}, str(out / "hypernet.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in hypernet.state_dict().items()}, str(out / "hypernet.safetensors"),
+              {"config": json.dumps(config, sort_keys=True)})
     return True
 
 
-def load_stage(hypernet, out: Path):
-    """A finished stage's weights into `hypernet`, or None when the stage has not finished."""
+def stage_config(hypernet, hp: dict, steps: int, kd_weight: float = 0.0, teacher=None) -> dict:
+    """What a stage's weights depend on: its start (the hypernet's weights) included, so that a student of
+    another teacher or a run with other settings is not mistaken for this one."""
+    start = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for _, v in sorted(hypernet.state_dict().items()))).hexdigest()
+    config = {"hyperparameters": hp, "steps": steps, "kd_weight": kd_weight, "reads_hr": reads_hr(hypernet), "start": start}
+    if teacher is not None:
+        config["teacher"] = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for _, v in sorted(teacher.state_dict().items()))).hexdigest()
+    return config
+
+
+def load_stage(hypernet, out: Path, config: dict):
+    """A finished stage's weights into `hypernet`, or None when the stage has not finished; a finished stage
+    made with another `config` (stage_config) is one line, not quietly reused."""
     f = out / "hypernet.safetensors"
     if not f.exists():
         return None
+    with safe_open(str(f), "pt") as weights:
+        saved = json.loads((weights.metadata() or {}).get("config", "{}"))
+    if saved != json.loads(json.dumps(config, sort_keys=True)):
+        raise HypersrError(f"{out} holds a finished run with other settings or another start; give another --out, or delete it to start again")
     hypernet.load_state_dict(load_file(str(f)))
     return hypernet
 
@@ -166,7 +189,7 @@ def score(hypernets: dict, base, clips: dict[str, torch.Tensor], chains: list[st
     for chain in chains:
         for name, hr in clips.items():
             lr = deg.apply(hr, base.scale, deg.CHAINS[chain], np.random.default_rng(0))
-            b = clip_psnr(upscale(base, lr), hr)
+            b = base_scores(base, {name: (hr, lr)})[name]
             g = {k: gains(h, base, {name: (hr, lr)}, {name: b})[name] for k, h in hypernets.items()}
             rows.append({"chain": chain, "clip": name, "base": b, "gain": g})
             progress(f"{chain} {name}: base {b:.2f}, " + ", ".join(f"{k} {v:+.3f}" for k, v in g.items()))
