@@ -211,6 +211,8 @@ def cmd_bench_kdsr(args) -> None:
     preset = preset_registry.get(args.preset)
     if not (preset.card.is_real_source and preset.card.has_hypernet):
         raise HypersrError(f"bench kdsr probes a real-source preset with a hypernet (real-x2); {preset.name} is not one")
+    if args.out.exists() and not args.out.is_dir():
+        raise HypersrError(f"--out {args.out} is a file; the runs go into a folder: give a folder name")
     pack = load_pack(args.pack or args.data_dir / "train-pack.npz")  # one line saying how to make it when missing
     hp = {k: preset.card.hypernet.training["hyperparameters"][k] for k in ("clips", "frames", "targets", "lr", "seed", "size")}
     hp["lr"] = hp["lr"] if args.lr is None else args.lr
