@@ -24,26 +24,24 @@ def training_parser(train, name: str, text: str, default_out: str) -> argparse.A
     return t
 
 
-def positive_minutes(text: str) -> float:
-    """An argparse type for --max-minutes: a positive, finite number of minutes."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of minutes, not {text}")
-    return value
+def positive(unit: str = ""):
+    """An argparse type: a positive, finite number (of `unit`, where one is named in its messages)."""
+    of = f" of {unit}" if unit else ""
+
+    def number(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number{of}, not {text!r}") from None
+        if not 0 < value < float("inf"):
+            raise argparse.ArgumentTypeError(f"must be a positive number{of}, not {text}")
+        return value
+
+    return number
 
 
-def positive_number(text: str) -> float:
-    """An argparse type for a step size or a weight: a positive, finite number."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
-    return value
+positive_minutes = positive("minutes")  # --max-minutes
+positive_number = positive()  # a step size or a weight
 
 
 def at_least(least: int):

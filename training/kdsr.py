@@ -162,10 +162,12 @@ def train_stage(hypernet, base, sampler, degrade: TrainingDegradation, out: Path
 def stage_config(hypernet, hp: dict, steps: int, kd_weight: float = 0.0, teacher=None) -> dict:
     """What a stage's weights depend on: its start (the hypernet's weights) included, so that a student of
     another teacher or a run with other settings is not mistaken for this one."""
-    start = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for _, v in sorted(hypernet.state_dict().items()))).hexdigest()
-    config = {"hyperparameters": hp, "steps": steps, "kd_weight": kd_weight, "reads_hr": reads_hr(hypernet), "start": start}
+    def digest(net) -> str:
+        return hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for _, v in sorted(net.state_dict().items()))).hexdigest()
+
+    config = {"hyperparameters": hp, "steps": steps, "kd_weight": kd_weight, "reads_hr": reads_hr(hypernet), "start": digest(hypernet)}
     if teacher is not None:
-        config["teacher"] = hashlib.sha256(b"".join(v.cpu().numpy().tobytes() for _, v in sorted(teacher.state_dict().items()))).hexdigest()
+        config["teacher"] = digest(teacher)
     return config
 
 
