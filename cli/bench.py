@@ -55,22 +55,36 @@ def cmd_bench_quality(args) -> None:
             print(f"updated {p.card_path}", file=sys.stderr)
 
 
+def real_chains(names: list[str] | None) -> list[str]:
+    """bench real's chains by name (default all), an unknown one refused in one line."""
+    from ..engine.degradation import CHAINS
+
+    if unknown := sorted(set(names or ()) - set(CHAINS)):
+        raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(CHAINS)}")
+    return names or list(CHAINS)
+
+
+def x2_only(name: str, command: str) -> str:
+    """A x2 preset's name: the real-source chains shrink the clips by 2."""
+    from ..engine import preset_registry
+
+    if (scale := preset_registry.get(name).scale) != 2:
+        raise HypersrError(f"{command} scores x2 presets (its chains shrink the clips by 2); {name} is x{scale}")
+    return name
+
+
 def cmd_bench_real(args) -> None:
     import torch
 
-    from ..engine import degradation, preset_registry
+    from ..engine import preset_registry
     from ..training import bench_real, cards
     from ..training.data import load_pack
     from ..training.evaluate import comparison_png, validation_clips
 
-    chains = args.chain or list(degradation.CHAINS)
-    unknown = sorted(set(chains) - set(degradation.CHAINS))
-    if unknown:
-        raise HypersrError(f"unknown chain {unknown[0]!r}; the chains are {', '.join(degradation.CHAINS)}")
+    chains = real_chains(args.chain)
     presets = args.preset or ["fast-x2", "real-x2"]
     for name in presets:
-        if (scale := preset_registry.get(name).scale) != 2:
-            raise HypersrError(f"bench real scores x2 presets (its chains shrink the clips by 2); {name} is x{scale}")
+        x2_only(name, "bench real")
     presets = [preset_registry.get(n) for n in presets]
     probed = [p.name for p in presets if not args.no_probe and p.card.is_real_source and p.card.has_hypernet]
     pack_path = args.data_dir / "train-pack.npz"
@@ -253,14 +267,22 @@ def cmd_bench_window(args) -> None:
     import numpy as np
 
     from ..training import data
-    from ..training.evaluate import window_oracle, window_oracle_table
+    from ..training.evaluate import prefilter_oracle, prefilter_oracle_table, validation_clips, window_oracle, window_oracle_table
 
+    if args.real:
+        chains, preset = real_chains(args.chain), x2_only(args.preset or "real-x2", "bench window --real")
+        t0 = time.time()
+        print(prefilter_oracle_table(prefilter_oracle(preset, validation_clips(args.data_dir, args.clips), chains, args.frames)))
+        print(f"({time.time() - t0:.0f} s; the validation clips' frames 1..{args.frames - 2}, each chain as bench real's, "
+              f"Y-PSNR; the k columns: the gain in dB of averaging each frame with its neighbours where they differ by less "
+              f"than k times the clip's noise sigma)", file=sys.stderr)
+        return
     pack = data.load_pack(args.pack or args.data_dir / "train-pack.npz")
     if pack.scenes.shape[1] < args.patch + 32:
         raise HypersrError(f"the training pack's scenes ({pack.scenes.shape[1]} px) are too small for --patch {args.patch}; give a smaller --patch")
     scenes = pack.scenes[np.random.default_rng(args.seed).choice(len(pack.scenes), min(args.scenes, len(pack.scenes)), replace=False)]
     t0 = time.time()
-    print(window_oracle_table(window_oracle(args.preset, scenes, patch=args.patch, seed=args.seed)))
+    print(window_oracle_table(window_oracle(args.preset or "quality-x2", scenes, patch=args.patch, seed=args.seed)))
     print(f"({time.time() - t0:.0f} s; {len(scenes)} scenes of the training pack, BI, Y-PSNR with the uncovered border cropped)",
           file=sys.stderr)
 
@@ -390,8 +412,13 @@ def add_commands(sub) -> None:
     bk.set_defaults(func=cmd_bench_kdsr)
 
     bw = bench.add_parser("window", help="what the neighbouring frames know, with perfect alignment: "
-                          "exact pans, each frame upscaled alone, aligned, averaged")
-    bw.add_argument("--preset", default="quality-x2", help="the single-frame network that upscales each frame (default %(default)s)")
+                          "exact pans, each frame upscaled alone, aligned, averaged; --real: on real sources, a still pixel's neighbours")
+    bw.add_argument("--preset", help="the single-frame network that upscales each frame (default quality-x2; real-x2 with --real)")
+    bw.add_argument("--real", action="store_true", help="instead: the validation clips through bench real's chains, each frame averaged "
+                    "with its neighbours where they differ by less than k times the clip's noise, then upscaled")
+    bw.add_argument("--chain", action="append", help="with --real: a chain (repeatable; default all of bench real's)")
+    bw.add_argument("--clips", nargs="+", help="with --real: validation clips (default both)")
+    bw.add_argument("--frames", type=at_least(3), default=10, help="with --real: the first frames of each clip (default %(default)s)")
     bw.add_argument("--scenes", type=at_least(1), default=96, help="scenes of the training pack (default %(default)s)")
     bw.add_argument("--patch", type=at_least(32), default=128, help="HR side of each filmed window (default %(default)s)")
     bw.add_argument("--seed", type=int, default=5)

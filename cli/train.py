@@ -16,7 +16,7 @@ from .options import at_least, check_training_side, training_parser, with_overri
 def cmd_train_base(args) -> None:
     from ..engine import preset_registry
     from ..engine.backends import resolve_device
-    from ..engine.networks import backbone_of
+    from ..engine.networks import backbone_of, one_frame_of
     from ..training.train import train_base
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
@@ -27,8 +27,8 @@ def cmd_train_base(args) -> None:
             hp[key] = getattr(args, key)
     check_training_side("--patch", hp["patch"], preset)
     arch = with_overrides(preset.card.architecture.as_dict(), args.arch)
-    if hp.get("init") and preset_registry.get(hp["init"]).card.architecture.as_dict() not in (arch, backbone_of(arch)):
-        raise HypersrError(f"--init {hp['init']}: its network is neither {preset.name}'s nor its backbone "
+    if hp.get("init") and preset_registry.get(hp["init"]).card.architecture.as_dict() not in (arch, backbone_of(arch), one_frame_of(arch)):
+        raise HypersrError(f"--init {hp['init']}: its network is neither {preset.name}'s, nor its backbone, nor the same network one frame at a time "
                            f"({'with --arch' if args.arch else 'another architecture'}); start from a preset with the same architecture")
     out = args.out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()

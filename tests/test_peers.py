@@ -8,7 +8,16 @@ from helpers import assert_clean_error, run_hypersr
 
 from hypersr.training import bench_speed, peers
 from hypersr.training import degradation as deg
-from hypersr.training.evaluate import evaluate, table, window_oracle, window_oracle_table
+from hypersr.training.evaluate import (
+    evaluate,
+    noise_sigma,
+    prefilter_oracle,
+    prefilter_oracle_table,
+    table,
+    temporal_average,
+    window_oracle,
+    window_oracle_table,
+)
 from hypersr.training.metrics import y_psnr
 
 
@@ -86,3 +95,29 @@ def test_bench_window_finds_what_neighbours_know_only_at_new_phases():
     assert new_phases["mean of 5"] > new_phases["centre"] + 0.1
     assert "| 1, 1 |" in window_oracle_table(list(rows.values()))
     assert_clean_error(run_hypersr("bench", "window", "--preset", "vsrt-x2", "--pack", "/no/such/pack.npz"), "training pack", "hypersr data pack")
+
+
+def test_noise_estimate_and_the_temporal_average_of_a_still_pixel():
+    """noise_sigma reads a textured frame's added noise, not its texture; temporal_average averages a still
+    clip's three looks and leaves a moving one alone."""
+    torch.manual_seed(0)
+    y, x = torch.meshgrid(torch.arange(80.0), torch.arange(96.0), indexing="ij")
+    texture = (0.5 + 0.3 * torch.sin(x / 3) * torch.cos(y / 4)).expand(3, -1, -1)
+    assert noise_sigma(texture) < 1.5 / 255
+    noisy = torch.stack([texture + torch.randn(1, 80, 96) * 6 / 255 for _ in range(3)])  # luma noise, as the chains add it
+    assert noise_sigma(noisy[0]) == pytest.approx(6 / 255, rel=0.25)
+    assert torch.allclose(temporal_average(noisy, 1, 3 * 6 / 255), noisy.mean(0), atol=1e-6)  # still: all three
+    detail = torch.rand(3, 80, 96)  # no two places alike
+    moving = torch.stack([detail.roll(4 * (i - 1), -1) for i in range(3)])
+    assert torch.equal(temporal_average(moving, 1, 3 * 6 / 255), moving[1])  # moved: the centre alone
+    assert torch.equal(temporal_average(noisy, 1, 0.0), noisy[1])
+
+
+def test_bench_window_real_gains_on_a_noisy_still_clip_and_nothing_on_a_clean_one(hr):
+    still = hr[:1].expand(5, -1, -1, -1).contiguous()
+    rows = {r["chain"]: r for r in prefilter_oracle("real-x2", {"still": still}, ["bi", "blur-noise"], frames=5, ks=(2.5,))}
+    assert rows["blur-noise"][2.5] > 0.5  # three looks at each pixel, each with its own noise
+    assert rows["bi"][2.5] == pytest.approx(0.0, abs=1e-6)  # identical frames: nothing to average
+    assert "| blur-noise | still |" in prefilter_oracle_table(list(rows.values()), ks=(2.5,))
+    assert_clean_error(run_hypersr("bench", "window", "--real", "--chain", "nope"), "unknown chain 'nope'")
+    assert_clean_error(run_hypersr("bench", "window", "--real", "--preset", "quality-x4"), "x2 presets", "quality-x4 is x4")

@@ -124,21 +124,37 @@ def test_damaged_or_foreign_files_are_one_line(tmp_path):
         read_span(tmp_path / "x.param", tmp_path / "m.bin")
 
 
-@pytest.mark.parametrize("fuse_kernel", [1, 3])
-def test_window_starts_as_the_single_frame_network(fuse_kernel):
+@pytest.mark.parametrize("fusion", [{"fuse_kernel": 1}, {"fuse_kernel": 3}, {"fusion": "gated"}])
+def test_window_starts_as_the_single_frame_network(fusion):
     torch.manual_seed(0)
     arch = {"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2}
     single = build_model(arch)
-    windowed = build_model({**arch, "window": 3, "fuse_kernel": fuse_kernel})
-    windowed.load_state_dict(for_window({**arch, "window": 3, "fuse_kernel": fuse_kernel}, single.state_dict()))
+    windowed = build_model({**arch, "window": 3, **fusion})
+    windowed.load_state_dict(for_window({**arch, "window": 3, **fusion}, single.state_dict()))
     frames = torch.rand(2, 3, 3, 20, 24)
     with torch.no_grad():
         expect = single(frames[:, 1:2])
         got = windowed(frames)
     assert torch.allclose(got, expect, atol=1e-5)
     with torch.no_grad():  # and the neighbours do reach the output once the fusion learns to use them
-        windowed.fuse.weight.add_(0.01)
+        (windowed.fuse.alpha if fusion.get("fusion") == "gated" else windowed.fuse.weight).add_(0.01)
         assert not torch.allclose(windowed(frames), expect, atol=1e-5)
+
+
+def test_gated_fusion_averages_a_still_pixel_and_keeps_the_centre_where_the_gate_closes():
+    """The gated fusion's arithmetic: with the gate open and alpha 1/3, a window's three frames are averaged
+    (a still pixel seen three times); with the gate shut (a moving pixel), the centre frame passes alone."""
+    from hypersr.engine.networks.span import GatedFuse
+
+    fuse = GatedFuse(channels=4, window=3)
+    f = torch.randn(2, 12, 6, 7)
+    with torch.no_grad():
+        fuse.alpha.fill_(1 / 3)
+        fuse.gate_2.weight.zero_()
+        fuse.gate_2.bias.fill_(30.0)  # sigmoid = 1: open
+        assert torch.allclose(fuse(f), f.reshape(2, 3, 4, 6, 7).mean(1), atol=1e-5)
+        fuse.gate_2.bias.fill_(-30.0)  # shut
+        assert torch.allclose(fuse(f), f.reshape(2, 3, 4, 6, 7)[:, 1], atol=1e-5)
 
 
 def test_import_command(tmp_path):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from hypersr.training import data
+from hypersr.training.metrics import clip_psnr
 from hypersr.training.train import train_base
 
 
@@ -109,13 +110,33 @@ def test_train_base_refuses_an_init_of_another_network(tmp_path):
     from helpers import assert_clean_error, run_hypersr
 
     pack = tiny_pack(tmp_path / "pack.npz")
-    for init, words in (("vsrt-x2", ("neither fast-x2's nor its backbone",)), ("nope", ("unknown preset",))):
+    for init, words in (("vsrt-x2", ("neither fast-x2's", "nor its backbone")), ("nope", ("unknown preset",))):
         proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()
     proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", "fast-x2", "--arch", "channels=16",
                        "--out", tmp_path / "run")
     assert_clean_error(proc, "with --arch")
+
+
+def test_a_window_starts_as_the_single_frame_preset_it_is_initialised_from(tmp_path):
+    """`train base --init quality-x2 --arch window=3`: the window network starts as quality-x2's weights
+    with the fusion passing the centre frame through, so step 0 scores exactly what quality-x2 scores."""
+    from hypersr.engine import preset_registry
+    from hypersr.engine.networks import one_frame_of
+    from hypersr.training.train import upscale_clip
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    single = preset_registry.get("quality-x2").card.architecture.as_dict()
+    arch = {**single, "window": 3}
+    assert one_frame_of(arch) == single and one_frame_of(single) is None
+    train_base(arch, "w3", tmp_path, tmp_path / "run", pack, steps=1, batch=2, patch=32, lr=1e-6, init="quality-x2", trainable=["fuse"])
+    step0 = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
+    hr = data.load_pack(pack).validation["waves"]
+    clip = data.degrade_bi(hr, 2)
+    with torch.inference_mode():
+        expect = clip_psnr(data.quantise(upscale_clip(preset_registry.load_model("quality-x2"), clip)), hr)
+    assert step0["step"] == 0 and step0["val_y_psnr"]["waves"] == pytest.approx(expect, abs=1e-3)
 
 
 # --- the training pack -------------------------------------------------------------------------------

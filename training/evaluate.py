@@ -241,3 +241,80 @@ def window_oracle_table(rows: list[dict]) -> str:
         gains = " | ".join(f"{r[m]:.3f} ({r[m] - r['centre']:+.3f})" for m in means)
         lines.append(f"| {r['pan'][0]}, {r['pan'][1]} | {r['centre']:.3f} | {gains} |")
     return "\n".join(lines)
+
+
+# --- what the neighbours know on real sources: a noise-adaptive temporal average ------------------
+
+NOISE_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
+PREFILTER_KS = (1.5, 2.5, 4.0)
+
+
+def noise_sigma(frame: torch.Tensor) -> float:
+    """A frame's noise sigma (0..1 units) from the median absolute response of Immerkaer's kernel on its
+    luma (the kernel cancels smooth shading; the median ignores edges and texture)."""
+    y = (frame * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)[None, None]
+    return float(torch.nn.functional.conv2d(y, NOISE_KERNEL).abs().median()) / 0.6745 / 6.0  # the kernel's gain is 6
+
+
+def temporal_average(lr: torch.Tensor, t: int, threshold: float) -> torch.Tensor:
+    """Frame t of an LR clip [T, 3, h, w] averaged with its two neighbours wherever a neighbour differs from
+    it by less than `threshold` (mean absolute difference over a 5x5 neighbourhood and the channels): a still
+    pixel seen three times, each with its own noise; a moving one is left alone."""
+    import torch.nn.functional as F
+
+    centre = lr[t]
+    total, count = centre.clone(), torch.ones_like(centre[:1])
+    for j in (t - 1, t + 1):
+        near = (F.avg_pool2d((lr[j] - centre).abs().mean(0, keepdim=True)[None], 5, 1, 2)[0] < threshold).float()
+        total += near * lr[j]
+        count += near
+    return total / count
+
+
+def averaged_score(model, lr: torch.Tensor, hr: torch.Tensor, threshold: float) -> float:
+    """Y-PSNR of the single-frame model on an LR clip's inner frames, each temporally averaged first."""
+    from .metrics import clip_psnr
+
+    with torch.inference_mode():
+        sr = torch.cat([model(temporal_average(lr, t, threshold)[None, None]) for t in range(1, len(lr) - 1)])
+    return clip_psnr(data.quantise(sr.clamp(0, 1)), hr[1:-1])
+
+
+def prefilter_oracle(preset: str, clips: dict[str, torch.Tensor], chains: list[str], frames: int = 10,
+                     ks=PREFILTER_KS) -> list[dict]:
+    """What a window's neighbours know on real sources, without learning: each validation clip degraded by
+    each chain, every inner frame averaged with its neighbours where they differ by less than k times the
+    clip's noise sigma (its frames' median noise_sigma), then upscaled by the preset one frame at a time.
+    Per chain and clip: Y-PSNR of the preset on the frames as they are, and the gain of each k."""
+    from ..engine.degradation import CHAINS, apply
+    from ..engine.preset_registry import get, load_model
+
+    scale, model = get(preset).scale, load_model(preset).eval()
+    if model.window != 1:
+        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. real-x2) as the per-frame network")
+    rows = []
+    for name, hr in clips.items():
+        hr = hr[:frames]
+        if len(hr) < 3:
+            raise HypersrError(f"{name}: need at least 3 frames (a frame and its two neighbours)")
+        for chain in chains:
+            lr = apply(hr, scale, CHAINS[chain], np.random.default_rng(0))
+            sigma = float(np.median([noise_sigma(f) for f in lr]))
+            scores = [averaged_score(model, lr, hr, k * sigma) for k in (0.0, *ks)]
+            rows.append({"chain": chain, "clip": name, "sigma": sigma * 255, "alone": scores[0],
+                         **{k: s - scores[0] for k, s in zip(ks, scores[1:])}})
+    return rows
+
+
+def prefilter_oracle_table(rows: list[dict], ks=PREFILTER_KS) -> str:
+    lines = ["| chain | clip | noise sigma (/255) | frames as they are | " + " | ".join(f"k = {k:g}" for k in ks) + " |",
+             "|---" * (len(ks) + 4) + "|"]
+    for r in rows:
+        lines.append(f"| {r['chain']} | {r['clip']} | {r['sigma']:.2f} | {r['alone']:.3f} | "
+                     + " | ".join(f"{r[k]:+.3f}" for k in ks) + " |")
+    degraded = [r for r in rows if r["chain"] != "bi"]
+    for label, subset in (("mean, degraded chains", degraded), ("mean, every pair", rows)):
+        if subset:
+            lines.append(f"| {label} | | | {np.mean([r['alone'] for r in subset]):.3f} | "
+                         + " | ".join(f"{np.mean([r[k] for r in subset]):+.3f}" for k in ks) + " |")
+    return "\n".join(lines)

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from ..engine.errors import HypersrError
 from ..engine.losses import charbonnier
-from ..engine.networks import build_model
+from ..engine.networks import build_model, one_frame_of
 from ..engine.window import window_indices
 from . import data
 from .degradation import AUX_TARGETS, TrainingDegradation, aux_target
@@ -216,11 +216,17 @@ def train_base(
     val_inputs = validation_inputs(val, scale, degrade)  # once: a real chain runs an encoder over every clip
 
     model = build_model(arch).to(device)
-    if init:  # the same network, or the pretrained backbone inside this one (vsrt's SPAN)
+    if init:  # the same network, the pretrained backbone inside this one (vsrt's SPAN), or it one frame at a time
         from ..engine import preset_registry
+        from .span_import import for_window
 
-        same = preset_registry.get(init).card.architecture.as_dict() == arch
-        (model if same else model.backbone).load_state_dict(preset_registry.load_model(init).state_dict())
+        init_arch, state = preset_registry.get(init).card.architecture.as_dict(), preset_registry.load_model(init).state_dict()
+        if init_arch == arch:
+            model.load_state_dict(state)
+        elif init_arch == one_frame_of(arch):
+            model.load_state_dict(for_window(arch, state))
+        else:
+            model.backbone.load_state_dict(state)
     params = [p for n, p in model.named_parameters() if trainable is None or n.startswith(tuple(trainable))]
     for p in model.parameters():
         p.requires_grad_(any(p is q for q in params))

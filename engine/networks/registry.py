@@ -41,6 +41,14 @@ def backbone_of(arch: dict) -> dict | None:
     return cls.backbone_architecture(arch) if hasattr(cls, "backbone_architecture") else None
 
 
+def one_frame_of(arch: dict) -> dict | None:
+    """The architecture entry of the same network reading one frame, when `arch` is a span window (its
+    per-frame conv and fusion start from those weights: span_import.for_window), or None."""
+    if arch.get("type") != "span" or arch.get("window", 1) == 1:
+        return None
+    return {k: v for k, v in arch.items() if k not in ("fuse_kernel", "fusion")} | {"window": 1}
+
+
 def macs_per_lr_pixel(model: nn.Module, size: int = 32) -> int:
     """Multiply-accumulates per LR input pixel of the convolutions and matrix products (attention),
     counted by torch's FlopCounterMode on a real forward pass: for a network with per-frame features (vsrt),

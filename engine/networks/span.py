@@ -7,9 +7,12 @@ Network (Wan et al., CVPR-W 2024), in its deployed form (the reparameterised 3x3
     out = upsampler(conv_cat([f, conv_2(b_6), b_1, a_6]))   a_6: block 6's first SiLU; 1x1 fusion;
                                                              3x3 conv to 3*s*s, pixel shuffle
 
-The window: conv_1 runs on every frame of the window (shared weights) and `fuse` (1x1, or 3x3 to follow
-motion of a pixel) mixes the frames' features into f. `fuse` starts as the identity on the centre frame and zero elsewhere, so an
-imported network *is* the single-frame SPAN and training learns what the neighbours add.
+The window: conv_1 runs on every frame of the window (shared weights) and `fuse` mixes the frames' features
+into f. fusion="linear": a 1x1 (or, fuse_kernel=3, 3x3) conv over all frames' features, started as the
+identity on the centre frame. fusion="gated": the centre frame's features plus each neighbour's difference
+from them, weighted per pixel and channel by a gate that reads both (GatedFuse): a linear mix cannot tell
+a still pixel, where a neighbour is a second look at the same point, from a moving one. Either way an
+imported network *is* the single-frame SPAN at step 0 and training learns what the neighbours add.
 """
 
 from __future__ import annotations
@@ -38,9 +41,33 @@ class SPAB(nn.Module):
         return (out3 + x) * (torch.sigmoid(out3) - 0.5), a1
 
 
+class GatedFuse(nn.Module):
+    """f = f_c + alpha * sum_j gate(f_c, f_j - f_c) * (f_j - f_c) over the window's neighbours j, the gate a
+    sigmoid of two 3x3 convs (shared by the neighbours) and alpha a per-channel scale that starts at zero, so
+    that the fusion starts as the centre frame alone. Input [N, T*C, H, W] (SharedFrameConv's layout)."""
+
+    def __init__(self, channels: int, window: int, hidden: int = 16):
+        super().__init__()
+        self.channels, self.window = channels, window
+        self.gate_1 = LoRAConv2d(2 * channels, hidden, 3, padding=1)
+        self.gate_2 = LoRAConv2d(hidden, channels, 3, padding=1)
+        self.alpha = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = f.shape
+        c, t, k = self.channels, self.window, self.window // 2
+        frames = f.reshape(n, t, c, h, w)
+        centre = frames[:, k]
+        diff = torch.cat([frames[:, :k], frames[:, k + 1 :]], 1) - centre[:, None]  # [N, T-1, C, H, W]
+        pairs = torch.cat([centre[:, None].expand_as(diff), diff], 2).reshape(n * (t - 1), 2 * c, h, w)
+        gate = torch.sigmoid(self.gate_2(F.silu(self.gate_1(pairs)))).reshape(n, t - 1, c, h, w)
+        return centre + self.alpha * (gate * diff).sum(1)
+
+
 @register("span")
 class SPAN(nn.Module):
-    def __init__(self, scale: int = 2, window: int = 1, channels: int = 48, blocks: int = 6, fuse_kernel: int = 1):
+    def __init__(self, scale: int = 2, window: int = 1, channels: int = 48, blocks: int = 6, fuse_kernel: int = 1,
+                 fusion: str = "linear"):
         super().__init__()
         if window % 2 != 1:
             raise ValueError("window must be odd (2k+1 frames)")
@@ -48,14 +75,19 @@ class SPAN(nn.Module):
             raise ValueError("blocks must be at least 1")
         if fuse_kernel not in (1, 3):
             raise ValueError("fuse_kernel must be 1 or 3")
+        if fusion not in ("linear", "gated"):
+            raise ValueError("fusion must be linear or gated")
         self.scale, self.window = scale, window
         # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
-        self.receptive_radius = 3 * blocks + 3 + (fuse_kernel // 2 if window > 1 else 0)
+        self.receptive_radius = 3 * blocks + 3 + (0 if window == 1 else 2 if fusion == "gated" else fuse_kernel // 2)
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         if window == 1:
             self.conv_1 = conv3x3(3, channels)
         else:
             self.conv_1 = SharedFrameConv(3, channels, window)
+        if window > 1 and fusion == "gated":
+            self.fuse = GatedFuse(channels, window)
+        elif window > 1:
             self.fuse = LoRAConv2d(channels * window, channels, fuse_kernel, padding=fuse_kernel // 2)
             with torch.no_grad():  # pass the centre frame's features through (the kernel's centre tap)
                 self.fuse.weight.zero_()
