@@ -196,3 +196,33 @@ def test_both_passes_run_for_the_span_presets(tmp_path, preset):
     scale = int(preset[-1])
     [video] = probe(tmp_path / "out.y4m")
     assert (video["width"], video["height"], video["frames"]) == (64 * scale, 48 * scale, 3)
+
+
+def test_still_loss_asks_the_gate_to_open_exactly_where_the_neighbour_shows_the_same_hr_picture():
+    torch.manual_seed(0)
+    model = build_model({"type": "span", "scale": 2, "window": 3, "channels": 8, "blocks": 1, "fusion": "gated"})
+    lr = torch.rand(2, 3, 3, 12, 12)
+    still = torch.rand(2, 1, 3, 24, 24).expand(-1, 3, -1, -1, -1)
+    moving = torch.stack([still[:, 0].roll(3 * i, -1) for i in range(3)], 1)
+    with torch.no_grad():
+        model.fuse.gate_2.weight.zero_()
+        model.fuse.gate_2.bias.fill_(30.0)  # every gate open
+        assert model.still_loss(lr, still) < 1e-6 and model.still_loss(lr, moving) > 10
+        model.fuse.gate_2.bias.fill_(-30.0)  # every gate shut
+        assert model.still_loss(lr, moving) < 1e-6 and model.still_loss(lr, still) > 10
+    plain = build_model({"type": "span", "scale": 2, "window": 3, "channels": 8, "blocks": 1})
+    assert plain.still_loss(lr, still) is None  # a linear fusion has no gate to teach
+    model.fuse.requires_grad_(False)
+    assert model.still_loss(lr, still) is None  # nor a frozen gate
+
+
+def test_still_labels_are_per_neighbour_and_per_pixel():
+    from hypersr.engine.networks.span import still_labels
+
+    centre = torch.rand(1, 3, 24, 24)
+    moved_right_half = centre.clone()
+    moved_right_half[..., 12:] = centre[..., 12:].roll(1, -2)
+    labels = still_labels(torch.stack([centre, centre, moved_right_half], 1), 2)  # neighbours: the same frame; half moved
+    assert labels.shape == (1, 2, 1, 12, 12)
+    assert labels[0, 0].eq(1).all()
+    assert labels[0, 1, 0, :, :6].eq(1).all() and labels[0, 1, 0, :, 6:].eq(0).all()

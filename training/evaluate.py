@@ -197,20 +197,27 @@ def runs_table(rows: list[dict]) -> str:
 PANS = ((2, 0), (1, 0), (0, 1), (1, 1), (3, 1))  # HR pixels per frame; (2, 0) moves the LR grid by whole pixels: no new samples
 
 
+def single_frame_network(preset: str, example: str) -> tuple[int, torch.nn.Module]:
+    """(scale, network) of a preset that reads one frame, the per-frame network of the window oracles."""
+    from ..engine.preset_registry import get, load_model
+
+    scale, model = get(preset).scale, load_model(preset).eval()
+    if model.window != 1:
+        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. {example}) as the per-frame network")
+    return scale, model
+
+
 def window_oracle(preset: str, scenes: np.ndarray, pans=PANS, frames: int = 5, patch: int = 128, seed: int = 0) -> list[dict]:
     """What a window's neighbouring frames know that the centre frame does not, with perfect alignment: each
     scene [S, S, 3] uint8 filmed by a camera panning by whole HR pixels per frame (no resampling of the HR
     frames), BI-downscaled, every frame upscaled by the preset on its own, shifted back by its exact offset
     and averaged. Per pan: the centre frame's Y-PSNR and the gain of averaging 3 and all frames. An odd
     HR offset per frame puts the LR samples at new phases; an even one only moves the LR grid."""
-    from ..engine.preset_registry import get, load_model
     from .clips import Camera, render
     from .degradation import TrainingDegradation
     from .metrics import clip_psnr
 
-    scale, model = get(preset).scale, load_model(preset).eval()
-    if model.window != 1:
-        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. quality-x2) as the per-frame network")
+    scale, model = single_frame_network(preset, "quality-x2")
     degrade, rng, k = TrainingDegradation("bi"), np.random.default_rng(seed), frames // 2
     border = max(max(abs(a), abs(b)) for a, b in pans) * k + scale * 4  # what the shifted frames leave uncovered, and more
     crop = (slice(None), slice(None), slice(border, -border), slice(border, -border))
@@ -287,11 +294,8 @@ def prefilter_oracle(preset: str, clips: dict[str, torch.Tensor], chains: list[s
     clip's noise sigma (its frames' median noise_sigma), then upscaled by the preset one frame at a time.
     Per chain and clip: Y-PSNR of the preset on the frames as they are, and the gain of each k."""
     from ..engine.degradation import CHAINS, apply
-    from ..engine.preset_registry import get, load_model
 
-    scale, model = get(preset).scale, load_model(preset).eval()
-    if model.window != 1:
-        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. real-x2) as the per-frame network")
+    scale, model = single_frame_network(preset, "real-x2")
     rows = []
     for name, hr in clips.items():
         hr = hr[:frames]

@@ -30,6 +30,7 @@ from .degradation import AUX_TARGETS, TrainingDegradation, aux_target
 from .metrics import clip_psnr
 
 FLOW_WEIGHT = 0.1  # the share of vsrt's self-supervised flow loss in its training loss
+STILL_WEIGHT = 0.01  # the share of a gated window fusion's still-pixel supervision (span, fusion="gated")
 
 
 def upscale_clip(model, lr: torch.Tensor, batch: int = 8) -> torch.Tensor:
@@ -244,10 +245,14 @@ def train_base(
         loss = charbonnier(model(lr_in), hr[:, window // 2].to(device))
         if getattr(model, "flow", None) is not None and any(p.requires_grad for p in model.flow.parameters()):
             loss = loss + FLOW_WEIGHT * model.flow_loss(lr_in)
+        if hasattr(model, "still_loss") and model.window > 1 and (still := model.still_loss(lr_in, hr.to(device))) is not None:
+            loss = loss + STILL_WEIGHT * still
         return loss
 
     config = {"arch": arch, "degradation": degradation, "batch": batch, "patch": patch, "lr": lr,  # steps may grow on resume
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}
+    if arch.get("fusion") == "gated":  # its loss has the still-pixel term: a checkpoint from without it is another run
+        config["still_weight"] = STILL_WEIGHT
     training_loop(out, f"train {name}", model, params, opt, sched, rng, device, steps, val_every, config, loss_fn,
                   lambda: validate(model, val, scale, device, inputs=val_inputs),
                   lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)

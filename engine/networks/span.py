@@ -53,15 +53,33 @@ class GatedFuse(nn.Module):
         self.gate_2 = LoRAConv2d(hidden, channels, 3, padding=1)
         self.alpha = nn.Parameter(torch.zeros(1, channels, 1, 1))
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
+    def gates(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(the centre's features [N, C, H, W], each neighbour's difference from them and its gate's logit, [N, T-1, C, H, W])."""
         n, _, h, w = f.shape
         c, t, k = self.channels, self.window, self.window // 2
         frames = f.reshape(n, t, c, h, w)
         centre = frames[:, k]
-        diff = torch.cat([frames[:, :k], frames[:, k + 1 :]], 1) - centre[:, None]  # [N, T-1, C, H, W]
+        diff = torch.cat([frames[:, :k], frames[:, k + 1 :]], 1) - centre[:, None]
         pairs = torch.cat([centre[:, None].expand_as(diff), diff], 2).reshape(n * (t - 1), 2 * c, h, w)
-        gate = torch.sigmoid(self.gate_2(F.silu(self.gate_1(pairs)))).reshape(n, t - 1, c, h, w)
-        return centre + self.alpha * (gate * diff).sum(1)
+        return centre, diff, self.gate_2(F.silu(self.gate_1(pairs))).reshape(n, t - 1, c, h, w)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        centre, diff, logit = self.gates(f)
+        return centre + self.alpha * (torch.sigmoid(logit) * diff).sum(1)
+
+    def still_loss(self, f: torch.Tensor, hr: torch.Tensor, scale: int) -> torch.Tensor:
+        """Training's supervision of the gate, which the strength alone cannot start (the gate's gradient is
+        zero while the strength is): open where a neighbour shows the centre's HR picture, shut elsewhere."""
+        logit = self.gates(f)[2]
+        return F.binary_cross_entropy_with_logits(logit, still_labels(hr, scale).expand_as(logit))
+
+
+def still_labels(hr: torch.Tensor, scale: int) -> torch.Tensor:
+    """For an HR window [N, T, 3, sH, sW]: 1 where a neighbour shows the centre's picture (mean absolute
+    difference over the LR pixel under 1/255: a still pixel), else 0, per neighbour [N, T-1, 1, H, W]."""
+    k = hr.shape[1] // 2
+    diff = (torch.cat([hr[:, :k], hr[:, k + 1 :]], 1) - hr[:, k : k + 1]).abs().mean(2)
+    return (F.avg_pool2d(diff, scale) < 1 / 255).float()[:, :, None]
 
 
 @register("span")
@@ -77,6 +95,8 @@ class SPAN(nn.Module):
             raise ValueError("fuse_kernel must be 1 or 3")
         if fusion not in ("linear", "gated"):
             raise ValueError("fusion must be linear or gated")
+        if fusion == "gated" and fuse_kernel != 1:
+            raise ValueError("fuse_kernel is the linear fusion's; the gated fusion has its own 3x3 gate")
         self.scale, self.window = scale, window
         # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
         self.receptive_radius = 3 * blocks + 3 + (0 if window == 1 else 2 if fusion == "gated" else fuse_kernel // 2)
@@ -99,10 +119,21 @@ class SPAN(nn.Module):
         self.conv_cat = LoRAConv2d(channels * 4, channels, 1)
         self.upsampler = conv3x3(channels, 3 * scale * scale)
 
-    def forward(self, window: torch.Tensor) -> torch.Tensor:
+    def frame_convs(self, window: torch.Tensor) -> torch.Tensor:
+        """conv_1 on every frame of the window [N, T, 3, H, W] -> [N, T*C, H, W]."""
         n, t, c, h, w = window.shape
-        x = (window.reshape(n * t, c, h, w) - self.mean).reshape(n, t * c, h, w) * 255.0
-        f = self.conv_1(x)
+        return self.conv_1((window.reshape(n * t, c, h, w) - self.mean).reshape(n, t * c, h, w) * 255.0)
+
+    def still_loss(self, window: torch.Tensor, hr: torch.Tensor) -> torch.Tensor | None:
+        """The gated fusion's supervision (GatedFuse.still_loss) for LR windows and their HR windows, on the
+        per-frame features as they are (the gate learns to read them, not they to suit it); None for a
+        network without a gate being trained."""
+        if not isinstance(getattr(self, "fuse", None), GatedFuse) or not self.fuse.gate_1.weight.requires_grad:
+            return None
+        return self.fuse.still_loss(self.frame_convs(window).detach(), hr, self.scale)
+
+    def forward(self, window: torch.Tensor) -> torch.Tensor:
+        f = self.frame_convs(window)
         if self.window > 1:
             f = self.fuse(f)
         first, a, b = self.trunk(f)
