@@ -14,11 +14,17 @@ from .options import DEFAULT_DATA_DIR, at_least, positive_minutes, positive_numb
 
 
 def cmd_bench_runs(args) -> None:
+    from ..engine import preset_registry
     from ..training.evaluate import evaluate_runs, runs_table, validation_clips
 
+    for name in args.preset or ():
+        preset_registry.get(name)  # an unknown one is refused before the clips are read
     t0 = time.time()
-    print(runs_table(evaluate_runs(args.runs, validation_clips(args.data_dir, args.clips), args.device)))
-    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation, every frame)", file=sys.stderr)
+    clips = {name: clip[: args.frames] for name, clip in validation_clips(args.data_dir, args.clips).items()}
+    print(runs_table(evaluate_runs(args.runs, clips, args.device, args.degradation, args.preset or ())))
+    print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, {args.degradation} degradation"
+          f"{' (the training validation chains)' if args.degradation == 'real' else ''}, "
+          f"{f'frames 0..{args.frames - 1}' if args.frames else 'every frame'})", file=sys.stderr)
 
 
 def cmd_bench_quality(args) -> None:
@@ -354,6 +360,10 @@ def add_commands(sub) -> None:
     br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")
     br.add_argument("runs", nargs="+", type=Path, help="run directories of `hypersr train base --out DIR`")
     br.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
+    br.add_argument("--preset", action="append", help="a preset to score beside the runs (repeatable), e.g. the one they started from")
+    br.add_argument("--degradation", choices=["bi", "real"], default="bi",
+                    help="bi, or real: the training validation's chains (bi, h264-crf33, mpeg2-q8, blur-noise) (default %(default)s)")
+    br.add_argument("--frames", type=at_least(3), help="the first frames of each clip (default all)")
     br.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     br.add_argument("--device", default="cpu")
     br.set_defaults(func=cmd_bench_runs)

@@ -88,6 +88,12 @@ def test_bench_runs_scores_a_finished_run(tmp_path):
     [row] = evaluate_runs([tmp_path / "run"], data.load_pack(pack).validation)
     assert row["arch"] == arch and abs(row["val_y_psnr"]["waves"] - last["val_y_psnr"]["waves"]) < 1e-6
     assert "| run |" in runs_table([row])
+    # beside a preset, through the real-source chains: the run's BI column is the BI score above
+    preset, real = evaluate_runs([tmp_path / "run"], data.load_pack(pack).validation, degradation="real", presets=["fast-x2"])
+    assert preset["run"] == "fast-x2" and set(real["val_y_psnr"]) == {f"waves/{c}" for c in ("bi", "h264-crf33", "mpeg2-q8", "blur-noise")}
+    assert real["val_y_psnr"]["waves/bi"] == pytest.approx(row["val_y_psnr"]["waves"], abs=1e-6)
+    assert real["mean, degraded"] == pytest.approx(np.mean([v for k, v in real["val_y_psnr"].items() if k != "waves/bi"]))
+    assert "| mean | mean, degraded |" in runs_table([preset, real])
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(HypersrError, match="not a finished run"):
         evaluate_runs([tmp_path / "unfinished"], {})

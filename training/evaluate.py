@@ -160,17 +160,22 @@ def validation_clips(data_dir: Path, names: list[str] | None = None) -> dict[str
     return {n: data.validation_clip(data_dir, n) for n in (names or data.VALIDATION_CLIPS)}
 
 
-def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: str = "cpu") -> list[dict]:
-    """Finished training runs (`hypersr train base --out DIR`: DIR/arch.json and DIR/NAME.safetensors) on
-    whole validation clips, for architecture experiments and ablations: Y-PSNR per clip and their mean."""
+def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: str = "cpu", degradation: str = "bi",
+                  presets: list[str] = ()) -> list[dict]:
+    """Finished training runs (`hypersr train base --out DIR`: DIR/arch.json and DIR/NAME.safetensors), and
+    presets beside them, on whole validation clips (consecutive frames, so a window sees its true
+    neighbours), for architecture experiments and ablations: Y-PSNR per clip (and chain, for "real": the
+    training validation's chains) and their means."""
     import json
 
     from safetensors.torch import load_file
 
+    from ..engine import preset_registry
     from ..engine.networks import build_model, macs_per_lr_pixel
+    from .degradation import TrainingDegradation
     from .train import validate
 
-    rows = []
+    networks = []
     for run in run_dirs:
         weights = sorted(Path(run).glob("*.safetensors"))
         if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
@@ -179,18 +184,25 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
         arch = json.loads((Path(run) / "arch.json").read_text())
         model = build_model(arch)
         model.load_state_dict(load_file(str(weights[0])))
-        scores = validate(model.to(device), clips, arch["scale"], device)
-        rows.append({"run": Path(run).name, "arch": arch, "val_y_psnr": scores, "mean": float(np.mean(list(scores.values()))),
+        networks.append((Path(run).name, arch, model))
+    networks = [(name, preset_registry.get(name).card.architecture.as_dict(), preset_registry.load_model(name)) for name in presets] + networks
+    rows = []
+    for name, arch, model in networks:
+        scores = validate(model.to(device), clips, arch["scale"], device, TrainingDegradation(degradation))
+        degraded = [v for k, v in scores.items() if "/" in k and not k.endswith("/bi")]
+        rows.append({"run": name, "arch": arch, "val_y_psnr": scores, "mean": float(np.mean(list(scores.values()))),
+                     "mean, degraded": float(np.mean(degraded)) if degraded else None,
                      "parameters": sum(p.numel() for p in model.parameters()), "macs_per_input_pixel": macs_per_lr_pixel(model.cpu())})
     return rows
 
 
 def runs_table(rows: list[dict]) -> str:
     clips = list(rows[0]["val_y_psnr"])
-    lines = ["| run | " + " | ".join(clips) + " | mean | parameters | MACs per LR pixel |", "|---" * (len(clips) + 4) + "|"]
+    means = ["mean"] + (["mean, degraded"] if rows[0]["mean, degraded"] is not None else [])
+    lines = ["| run | " + " | ".join(clips + means) + " | parameters | MACs per LR pixel |", "|---" * (len(clips) + len(means) + 3) + "|"]
     for r in rows:
-        lines.append(f"| {r['run']} | " + " | ".join(f"{r['val_y_psnr'][c]:.2f}" for c in clips) +
-                     f" | {r['mean']:.2f} | {r['parameters']:,} | {r['macs_per_input_pixel']:,} |")
+        lines.append(f"| {r['run']} | " + " | ".join(f"{r['val_y_psnr'][c]:.2f}" for c in clips) + " | "
+                     + " | ".join(f"{r[m]:.3f}" for m in means) + f" | {r['parameters']:,} | {r['macs_per_input_pixel']:,} |")
     return "\n".join(lines)
 
 
