@@ -172,7 +172,8 @@ def test_lora_adapts_the_network_and_merges_exactly():
             layer.merge()
         merged = model(window)
     assert (unmerged - base).abs().max() > 1e-3
-    torch.testing.assert_close(merged, unmerged, atol=2e-5, rtol=0)
+    # float32 rounding differs with the CPU's kernels (2.3e-5 seen on an AMD EPYC with AVX-512); a wrong merge is > 1e-3
+    torch.testing.assert_close(merged, unmerged, atol=1e-4, rtol=0)
 
 
 def test_hypernet_drives_a_vsrt_base():
@@ -227,7 +228,7 @@ def test_features_once_per_frame_in_training_equal_every_window():
     with torch.no_grad():
         once = upscale_clip(model, clip, batch=3)
         every = torch.cat([model(clip[row][None]).clamp(0, 1) for row in torch.from_numpy(window_indices(range(7), 7, 5))])
-    torch.testing.assert_close(once, every, atol=1e-5, rtol=0)
+    torch.testing.assert_close(once, every, atol=1e-4, rtol=0)  # float32 rounding differs with batching and the CPU (1.1e-5 seen)
 
 
 def test_runtime_keeps_each_frames_features_for_the_next_windows():
