@@ -38,7 +38,7 @@ def cmd_bench_quality(args) -> None:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
     results, missing = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out,
-                                args.export_variants, args.frames, args.tile or ())
+                                args.export_variants, args.frames, args.tile or (), args.fp32)
     print(table(results, missing))
     print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
@@ -305,9 +305,11 @@ def cmd_bench_speed(args) -> None:
     import torch
 
     from ..engine import preset_registry
+    from ..engine.backends import native_bf16
     from ..training import bench_speed, peers
 
-    backends = args.backend or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    # where the cpu backend runs bf16, its fp32 beside it: the precision vs-mlrt's ORT runs
+    backends = args.backend or ["cpu", *(["cpu-fp32"] if native_bf16() else []), *(["cuda"] if torch.cuda.is_available() else [])]
     for gpu in sorted({"cuda", "trt"} & set(backends)):
         if not torch.cuda.is_available():  # said before the CPU rows, not after them
             raise HypersrError(f"--backend {gpu} needs a CUDA GPU, and torch sees none here; use --backend cpu")
@@ -355,6 +357,8 @@ def add_commands(sub) -> None:
     bq.add_argument("--export-variants", action="store_true", help="also score the TorchScript export's causal and single-frame windows")
     bq.add_argument("--tile", type=at_least(16), action="append",
                     help="also score each preset in tiles of this many LR pixels (repeatable): what the seams cost")
+    bq.add_argument("--fp32", action="store_true",
+                    help="also score, in fp32, each preset that the cpu backend runs partly in bf16 on this CPU: what bf16 costs")
     bq.set_defaults(func=cmd_bench_quality)
 
     br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")
@@ -446,7 +450,8 @@ def add_commands(sub) -> None:
 
     bs = bench.add_parser("speed", help="pass two's fps per preset, backend and size, next to vs-mlrt's ORT CPU plugin and the peers")
     bs.add_argument("--preset", action="append", help="preset (repeatable; default every preset)")
-    bs.add_argument("--backend", action="append", choices=["cpu", "cuda", "trt"], help="repeatable; default cpu, and cuda when there is a GPU")
+    bs.add_argument("--backend", action="append", choices=["cpu", "cpu-fp32", "cuda", "trt"],
+                    help="repeatable; default cpu (bf16 where the CPU has it, with a cpu-fp32 row beside it), and cuda when there is a GPU")
     bs.add_argument("--frames", type=at_least(1), default=3, help="timed frames per row, after one warm-up frame (default 3)")
     bs.add_argument("--size", help="one LR size WxH instead of the standard ones (quick checks)")
     bs.add_argument("--peer", action="append", help="also time this peer (lanczos and nnedi3 are timed anyway; liif: minutes a frame on a CPU)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 
@@ -70,7 +71,7 @@ def run_analyse(input_path: str, output_path: str, preset: str | None, refine: i
 def cmd_upscale(args) -> None:
     from ..engine.backends import backend_from_names
 
-    backend = backend_from_names(args.backend, args.device)
+    backend = backend_from_names(args.backend, args.device, bf16=args.bf16)
     n = run_upscale(args.input, args.output, args.preset, args.lora, backend, MATRICES[args.matrix], progress=not args.quiet)
     if not args.quiet:
         print(f"hypersr: wrote {n} frames to {'stdout' if args.output == '-' else args.output}", file=sys.stderr)
@@ -95,7 +96,11 @@ def add_commands(sub) -> None:
     up.add_argument("--lora", help="LoRA file for this clip, from `hypersr analyse`")
     up.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     up.add_argument("--backend", choices=["auto", "cpu", "cuda", "trt"], default="auto",
-                    help="cpu: PyTorch fp32; cuda: PyTorch fp16; trt: Torch-TensorRT, needs the [trt] extra (default auto: cuda when available)")
+                    help="cpu: PyTorch fp32 (see --bf16); cuda: PyTorch fp16; trt: Torch-TensorRT, needs the [trt] extra "
+                         "(default auto: cuda when available)")
+    up.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                    help="cpu backend: run the quality and real presets' blocks in bf16, about 1.7x as fast for -0.01 dB "
+                         "(default: on where the CPU has bf16 instructions, AVX512-BF16 or AMX)")
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     up.set_defaults(func=cmd_upscale)

@@ -1,7 +1,9 @@
 """Pass two's backends: the same network (LoRA merged), run three ways, each chosen by an options object
 that carries its own settings (the way vs-mlrt's Backend.TRT(...) does):
 
-    Backend.CPU(num_streams=1)                                   PyTorch fp32, channels_last, inference mode.
+    Backend.CPU(num_streams=1, bf16=None)                        PyTorch, channels_last, inference mode; fp32,
+                 but the SPAN presets' blocks in bf16 where the CPU computes bf16 natively (None: decide by the
+                 CPU; True / False: always / never), as OpenVINO's CPU plugin does by default.
     Backend.CUDA(device_index=0, num_streams=1, cuda_graphs=False)
                  PyTorch fp16 on an NVIDIA GPU, channels_last; each stream (a concurrent caller) has its own
                  CUDA stream and pinned host buffers, so one frame's copies overlap another's compute.
@@ -45,11 +47,23 @@ def _whole(value, name: str, least: int) -> int:
 @dataclass(frozen=True)
 class CPU:
     num_streams: int = 1  # frames in flight at once
+    bf16: bool | None = None  # None: where the CPU has bf16 instructions (native_bf16)
     name: ClassVar[str] = "cpu"
 
     def device(self) -> torch.device:
         _whole(self.num_streams, "num_streams", 1)
+        if self.bf16 not in (None, True, False):
+            raise HypersrError(f"bf16 must be True, False or None (decide by the CPU), not {self.bf16!r}")
         return torch.device("cpu")
+
+    def uses_bf16(self) -> bool:
+        return native_bf16() if self.bf16 is None else self.bf16
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AVX512-BF16 or AMX): elsewhere oneDNN emulates it, slower
+    than fp32."""
+    return any(getattr(torch.cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
 
 
 @dataclass(frozen=True)
@@ -129,8 +143,9 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-def backend_from_names(backend: str | None, device: str | None, num_streams: int = 1) -> BackendOptions:
-    """The options the command line's --backend (auto, cpu, cuda, trt) and --device (cpu, cuda, cuda:N) name."""
+def backend_from_names(backend: str | None, device: str | None, num_streams: int = 1, bf16: bool | None = None) -> BackendOptions:
+    """The options the command line's --backend (auto, cpu, cuda, trt), --device (cpu, cuda, cuda:N) and
+    --bf16 / --no-bf16 (None: decide by the CPU) name."""
     if backend == "trt":
         import_torch_tensorrt()
     if backend in ("cuda", "trt") and device in (None, "auto"):
@@ -138,7 +153,9 @@ def backend_from_names(backend: str | None, device: str | None, num_streams: int
     dev = resolve_device(device)
     name = resolve_backend(backend, dev)
     index = dev.index or 0
-    return {"cpu": lambda: CPU(num_streams), "cuda": lambda: CUDA(index, num_streams), "trt": lambda: TRT(index, num_streams)}[name]()
+    if bf16 is not None and name != "cpu":
+        raise HypersrError(f"--bf16 / --no-bf16 choose the cpu backend's precision; the {name} backend runs fp16")
+    return {"cpu": lambda: CPU(num_streams, bf16), "cuda": lambda: CUDA(index, num_streams), "trt": lambda: TRT(index, num_streams)}[name]()
 
 
 def as_backend(backend) -> BackendOptions:
@@ -194,13 +211,22 @@ class Runner(Protocol):
         """[1, 3, H', W'] -> [3, H', W'] float32 on the host, clamped to 0..1."""
 
 
-class CpuRunner:
-    """fp32 in channels_last, oneDNN's fast path. torch.compile is not used: it gained little and costs
-    seconds of compilation per frame size (README, "Speed")."""
+def bf16_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The parts of a network that the cpu backend runs in bf16 where it may (SPAN's blocks: run_trunk_in)."""
+    return [part for part in model.modules() if hasattr(part, "run_trunk_in")]
 
-    def __init__(self, model: torch.nn.Module):
+
+class CpuRunner:
+    """fp32 in channels_last, oneDNN's fast path; with bf16, the parts of the network that take it (run_trunk_in)
+    in bf16. torch.compile is not used: it gained little and costs seconds of compilation per frame size
+    (README, "Speed")."""
+
+    def __init__(self, model: torch.nn.Module, bf16: bool = False):
         self.device, self.dtype = torch.device("cpu"), torch.float32
         self.model = model.to(memory_format=torch.channels_last)
+        if bf16:
+            for part in bf16_parts(self.model):
+                part.run_trunk_in(torch.bfloat16)
 
     def new_slot(self):
         return None

@@ -95,7 +95,7 @@ class Upscaler:
             tile_pad = getattr(model, "receptive_radius", 16)
         self.runner: Runner
         if isinstance(self.options, CPU):
-            self.runner = CpuRunner(model)
+            self.runner = CpuRunner(model, self.options.uses_bf16())
         elif isinstance(self.options, CUDA):
             self.runner = CudaRunner(model, self.device, self.options.cuda_graphs and not tile)
         else:

@@ -73,7 +73,7 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
     import vapoursynth as vs
 
     from ..engine import preset_registry
-    from ..engine.backends import backend_from_names
+    from ..engine.backends import backend_from_names, bf16_parts
     from ..vsplugin import upscale, window_clips
 
     p = preset_registry.get(preset)
@@ -85,10 +85,13 @@ def run_row(preset: str, backend: str, w: int, h: int, frames: int) -> dict:
         export_onnx(onnx, preset)
         out = vs.core.ort.Model(window_clips(clip, p.window // 2), network_path=onnx, provider="CPU")
     else:
-        out = upscale(clip, preset=p, backend=backend_from_names(backend, None))
+        options = backend_from_names("cpu", None, bf16=False) if backend == "cpu-fp32" else backend_from_names(backend, None)
+        out = upscale(clip, preset=p, backend=options)
     seconds = _seconds_per_frame(out, frames)
     macs = preset_registry.complexity(p)["macs_per_input_pixel"]
     row = {"ms_per_frame": seconds * 1e3, "fps": 1 / seconds, "gflops": 2 * macs * w * h / seconds / 1e9}
+    if backend in ("cpu", "cpu-fp32"):
+        row["bf16"] = options.uses_bf16() and bool(bf16_parts(p.build()))
     gpu = backend in ("cuda", "trt")
     if gpu:
         row["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -126,11 +129,12 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
             lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['error']} | | | | | |")
             continue
         peak = peaks.get("cuda" if r["backend"] in ("cuda", "trt") else "cpu")
+        backend = {True: "cpu bf16", False: "cpu fp32"}[r["bf16"]] if "bf16" in r else r["backend"]
         pct = f" ({r['gflops'] / peak:.0%})" if peak and "gflops" in r else ""
         one = f"{r['pass_one_fps']:.1f}" if "pass_one_fps" in r else ""
         ratio = f"{r['ratio']:.2f}x" if "ratio" in r else ""
         flops = f"{r['gflops']:.1f}{pct}" if "gflops" in r else ""
-        lines.append(f"| {r['preset']} | {r['backend']} | {size} | {r['ms_per_frame']:.0f} | {r['fps']:.2f} | {flops} | "
+        lines.append(f"| {r['preset']} | {backend} | {size} | {r['ms_per_frame']:.0f} | {r['fps']:.2f} | {flops} | "
                      f"{r['peak_memory_mb']:.0f} MB | {one} | {ratio} |")
     return "\n".join(lines)
 
@@ -138,6 +142,7 @@ def table(rows: list[dict], peaks: dict[str, float]) -> str:
 def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | None = None, progress=print,
           peer_names: tuple[str, ...] = PEERS) -> tuple[list[dict], dict]:
     from ..engine import preset_registry
+    from ..engine.backends import bf16_parts
     from . import peers
 
     peaks = {b: peak_gflops(b) for b in {"cpu", *(["cuda"] if {"cuda", "trt"} & set(backends) else [])}}
@@ -146,14 +151,17 @@ def bench(presets_: list[str], backends: list[str], frames: int, sizes: dict | N
         p = preset_registry.get(name)
         for w, h in (sizes or SIZES)[p.scale]:
             by_backend = {}
-            for backend in [*backends, *(["vs-mlrt-ort"] if "cpu" in backends else [])]:
+            same = "cpu" in backends and not bf16_parts(p.build())  # then cpu-fp32 would time the same thing again
+            ort = ["vs-mlrt-ort"] if {"cpu", "cpu-fp32"} & set(backends) else []
+            for backend in [*(b for b in backends if not (same and b == "cpu-fp32")), *ort]:
                 r = {"preset": name, "backend": backend, "w": w, "h": h, "scale": p.scale, **measure(name, backend, w, h, frames)}
                 by_backend[backend] = r
                 rows.append(r)
                 progress(f"  {name} {backend} {w}x{h}: " + (r.get("error") or f"{r['ms_per_frame']:.0f} ms/frame"))
-            ort, cpu = by_backend.get("vs-mlrt-ort", {}), by_backend.get("cpu", {})
-            if "fps" in ort and "fps" in cpu:
-                cpu["ratio"] = cpu["fps"] / ort["fps"]
+            ort_row = by_backend.get("vs-mlrt-ort", {})
+            for cpu in (by_backend.get("cpu", {}), by_backend.get("cpu-fp32", {})):
+                if "fps" in ort_row and "fps" in cpu:
+                    cpu["ratio"] = cpu["fps"] / ort_row["fps"]
     for scale in sorted({preset_registry.get(n).scale for n in presets_}):
         for w, h in (sizes or SIZES)[scale]:
             for name in dict.fromkeys([*peer_names, *peers.SLOW]):  # a slow peer not asked for: a row saying how

@@ -34,14 +34,16 @@ def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
 
 
 def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False,
-                    frames: list[int] | None = None, tiles: list[int] = ()) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+                    frames: list[int] | None = None, tiles: list[int] = (), fp32: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Upscale LR frames [T, 3, h, w] by every peer and preset; values quantised to 8 bits. With `frames`,
     the outputs are those frames only (presets still read their neighbours) and slow peers run on them
     alone; without, slow peers are skipped. Each of `tiles` adds every preset again, tiled (the seam's
-    cost: "PRESET tile=N"). Returns the outputs and, per peer left out, why."""
+    cost: "PRESET tile=N"); `fp32` adds each preset that the cpu backend runs partly in bf16 again, in fp32
+    ("PRESET fp32": what bf16 costs). Returns the outputs and, per peer left out, why."""
     import vapoursynth as vs
 
-    from ..engine.backends import backend_from_names
+    from ..engine import preset_registry
+    from ..engine.backends import CPU, backend_from_names, bf16_parts
     from ..vsplugin import upscale
     from ..vsplugin.io import clip_from_array, clip_to_array
 
@@ -58,18 +60,21 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
         else:
             outs[name] = out
     clip = clip_from_array(lr)
+    backend = backend_from_names(None, device)
     for p in presets:
-        for tile in (None, *tiles):
-            out = upscale(clip, preset=p, backend=backend_from_names(None, device), tile=tile)
-            out = clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
-            outs[p if tile is None else f"{p} tile={tile}"] = out
+        runs = {p: (backend, None), **{f"{p} tile={tile}": (backend, tile) for tile in tiles}}
+        if fp32 and isinstance(backend, CPU) and backend.uses_bf16() and bf16_parts(preset_registry.get(p).build()):
+            runs[f"{p} fp32"] = (CPU(bf16=False), None)
+        for name, (options, tile) in runs.items():
+            out = upscale(clip, preset=p, backend=options, tile=tile)
+            outs[name] = clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
         if variants:
             outs.update({k: v[pick] for k, v in export_variants(lr, p).items()})
     return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}, missing
 
 
 def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None,
-             variants: bool = False, frames: int | None = None, tiles: list[int] = ()) -> tuple[dict, dict[str, str]]:
+             variants: bool = False, frames: int | None = None, tiles: list[int] = (), fp32: bool = False) -> tuple[dict, dict[str, str]]:
     """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips, and the peers left
     out with the reason. frames: score that many frames spread over each clip (all: None). With out_dir,
     also writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
@@ -80,7 +85,7 @@ def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], dev
         pick = None if frames is None else sorted({round(v) for v in np.linspace(0, len(hr) - 1, min(frames, len(hr)))})
         hr = hr if pick is None else hr[pick]
         results[name] = {}
-        outputs, missing = upscale_methods(lr, scale, presets, device, variants, pick, tiles)
+        outputs, missing = upscale_methods(lr, scale, presets, device, variants, pick, tiles, fp32)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)

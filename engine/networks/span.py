@@ -118,6 +118,13 @@ class SPAN(nn.Module):
         self.conv_2 = conv3x3(channels, channels)
         self.conv_cat = LoRAConv2d(channels * 4, channels, 1)
         self.upsampler = conv3x3(channels, 3 * scale * scale)
+        self.trunk_dtype: torch.dtype | None = None  # the blocks' own precision at run time (run_trunk_in)
+
+    def run_trunk_in(self, dtype: torch.dtype) -> None:
+        """Run the blocks (91 % of the arithmetic) in `dtype`; the first conv, which sees the 0..255 input, and the
+        tail stay float32: in bf16 they cost a measurable share of a dB, the blocks a hundredth (README, "Speed")."""
+        self.blocks.to(dtype)
+        self.trunk_dtype = dtype
 
     def frame_convs(self, window: torch.Tensor) -> torch.Tensor:
         """conv_1 on every frame of the window [N, T, 3, H, W] -> [N, T*C, H, W]."""
@@ -141,13 +148,13 @@ class SPAN(nn.Module):
         return F.pixel_shuffle(self.upsampler(out), self.scale)
 
     def trunk(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The blocks: block 1's output, block 6's first SiLU and block 6's output."""
-        b, first, a = f, None, None
+        """The blocks: block 1's output, block 6's first SiLU and block 6's output (in f's dtype)."""
+        b, first, a = f if self.trunk_dtype is None else f.to(self.trunk_dtype), None, None
         for block in self.blocks:
             b, a = block(b)
             if first is None:
                 first = b
-        return first, a, b
+        return first.to(f.dtype), a.to(f.dtype), b.to(f.dtype)
 
     # One frame in two halves, for a network that changes the deep features between them (vsrt): conv_cat
     # is a 1x1 conv, so the share of f, block 1 and a_6 in it is computed once per frame.
