@@ -212,12 +212,13 @@ class Runner(Protocol):
 
 
 def bf16_parts(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The parts of a network that the cpu backend runs in bf16 where it may (SPAN's blocks: run_trunk_in)."""
-    return [part for part in model.modules() if hasattr(part, "run_trunk_in")]
+    """The parts of a network that the cpu backend runs in bf16 where it may (low_precision: SPAN's blocks,
+    vsrt's transformer)."""
+    return [part for part in model.modules() if hasattr(part, "low_precision")]
 
 
 class CpuRunner:
-    """fp32 in channels_last, oneDNN's fast path; with bf16, the parts of the network that take it (run_trunk_in)
+    """fp32 in channels_last, oneDNN's fast path; with bf16, the parts of the network that take it (bf16_parts)
     in bf16. torch.compile is not used: it gained little and costs seconds of compilation per frame size
     (README, "Speed")."""
 
@@ -226,7 +227,7 @@ class CpuRunner:
         self.model = model.to(memory_format=torch.channels_last)
         if bf16:
             for part in bf16_parts(self.model):
-                part.run_trunk_in(torch.bfloat16)
+                part.low_precision(torch.bfloat16)
 
     def new_slot(self):
         return None

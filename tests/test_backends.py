@@ -220,7 +220,11 @@ def sample_lr():
 def test_cpu_bf16_runs_the_span_blocks_in_bf16_within_a_hair_of_fp32(sample_lr, preset):
     fp32 = Upscaler(preset, backend=Backend.CPU(bf16=False))
     bf16 = Upscaler(preset, backend=Backend.CPU(bf16=True))
-    trunks = [part for part in bf16.model.modules() if hasattr(part, "run_trunk_in")]
+    from hypersr.engine.networks.span import SPAN
+
+    trunks = [part for part in bf16.model.modules() if isinstance(part, SPAN)]
+    assert all(part.trunk_dtype == torch.bfloat16 for part in trunks)
+    assert getattr(bf16.model, "transformer_dtype", torch.bfloat16) == torch.bfloat16  # vsrt's transformer: autocast
     in_trunk = {id(p) for part in trunks for p in part.blocks.parameters()}
     assert {p.dtype for p in bf16.model.parameters() if id(p) in in_trunk} <= {torch.bfloat16}
     assert {p.dtype for p in bf16.model.parameters() if id(p) not in in_trunk} == {torch.float32}

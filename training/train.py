@@ -196,10 +196,12 @@ def train_base(
     bank: int = 4096,
     trainable: list[str] | None = None,
     max_minutes: float | None = None,
+    bf16: bool = False,
 ) -> Path:
     """Train a base network. init: a preset whose weights the run starts from (same architecture, e.g. a
     real-source preset fine-tuned from its clean counterpart; or the backbone's, e.g. vsrt from SPAN). trainable: the names of the parameters to
-    train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all)."""
+    train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all). bf16: the network's
+    forward in bf16 autocast (mixed precision: weights, optimiser, loss and validation stay fp32)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch, arch["window"])
     if trainable and not any(n.startswith(tuple(trainable)) for n, _ in build_model(arch).named_parameters()):
@@ -242,7 +244,9 @@ def train_base(
             hr = sampler.sample(batch, rng)
             lr_in = degrade(hr, scale, rng)
         lr_in = lr_in.to(device)
-        loss = charbonnier(model(lr_in), hr[:, window // 2].to(device))
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
+            sr = model(lr_in)
+        loss = charbonnier(sr.float(), hr[:, window // 2].to(device))
         if getattr(model, "flow", None) is not None and any(p.requires_grad for p in model.flow.parameters()):
             loss = loss + FLOW_WEIGHT * model.flow_loss(lr_in)
         if hasattr(model, "still_loss") and model.window > 1 and (still := model.still_loss(lr_in, hr.to(device))) is not None:
@@ -253,6 +257,8 @@ def train_base(
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}
     if arch.get("fusion") == "gated":  # its loss has the still-pixel term: a checkpoint from without it is another run
         config["still_weight"] = STILL_WEIGHT
+    if bf16:  # only when set, so that runs from before the option resume
+        config["bf16"] = True
     training_loop(out, f"train {name}", model, params, opt, sched, rng, device, steps, val_every, config, loss_fn,
                   lambda: validate(model, val, scale, device, inputs=val_inputs),
                   lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)

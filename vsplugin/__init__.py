@@ -90,10 +90,11 @@ def upscale(clip: vs.VideoNode, lora=None, preset: str | None = None, backend=No
             tile_pad: int | None = None) -> vs.VideoNode:
     """Upscale an RGBS / RGBH clip by the preset's scale; frame n sees frames n-k..n+k.
 
-    lora: a LoRA file path (from `hypersr analyse`) or a loaded LoRA. backend: Backend.CPU(num_streams),
+    lora: a LoRA file path (from `hypersr analyse`) or a loaded LoRA. backend: Backend.CPU(num_streams, bf16),
     Backend.CUDA(device_index, num_streams, cuda_graphs) or Backend.TRT(device_index, num_streams,
     cache_dir); default: CUDA on the first GPU when there is one, else the CPU. num_streams: frames in
-    flight at once (on a GPU, one CUDA stream each). tile / tile_pad: process frames in tiles of tile x tile
+    flight at once (on a GPU, one CUDA stream each). bf16: on the CPU, SPAN's blocks in bf16 (None: where the
+    CPU has bf16 instructions; False: all fp32). tile / tile_pad: process frames in tiles of tile x tile
     LR pixels that overlap by tile_pad (default: the network's receptive radius, 21 for the quality
     presets, else 16), for frames that do not fit in GPU memory; for the fast and quality presets the
     output is the same. Frame properties of each source frame are kept.

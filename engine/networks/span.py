@@ -118,9 +118,9 @@ class SPAN(nn.Module):
         self.conv_2 = conv3x3(channels, channels)
         self.conv_cat = LoRAConv2d(channels * 4, channels, 1)
         self.upsampler = conv3x3(channels, 3 * scale * scale)
-        self.trunk_dtype: torch.dtype | None = None  # the blocks' own precision at run time (run_trunk_in)
+        self.trunk_dtype: torch.dtype | None = None  # the blocks' own precision at run time (low_precision)
 
-    def run_trunk_in(self, dtype: torch.dtype) -> None:
+    def low_precision(self, dtype: torch.dtype) -> None:
         """Run the blocks (91 % of the arithmetic) in `dtype`; the first conv, which sees the 0..255 input, and the
         tail stay float32: in bf16 they cost a measurable share of a dB, the blocks a hundredth (README, "Speed")."""
         self.blocks.to(dtype)

@@ -208,6 +208,12 @@ class VSRT(nn.Module):
         nn.init.zeros_(self.merge.weight)
         nn.init.zeros_(self.merge.bias)
         self.dim = dim
+        self.transformer_dtype: torch.dtype | None = None  # its precision at run time (low_precision)
+
+    def low_precision(self, dtype: torch.dtype) -> None:
+        """Run the transformer (entry to merge) under autocast to `dtype`; the backbone's tail after it stays
+        float32 (the backbone's blocks have their own low_precision)."""
+        self.transformer_dtype = dtype
 
     @staticmethod
     def backbone_architecture(arch: dict) -> dict:
@@ -222,6 +228,14 @@ class VSRT(nn.Module):
     def aggregate(self, window: torch.Tensor, partial: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
         """window [N, T, 3, H, W] (for the flow), the centre frame's tail share [N, C, H, W] and every frame's deep
         features [N, T, C, H, W] -> the centre frame upscaled [N, 3, sH, sW]."""
+        if self.transformer_dtype is None:
+            return self.backbone.reconstruct(partial, self.refined(window, deep))
+        with torch.autocast(window.device.type, dtype=self.transformer_dtype):
+            refined = self.refined(window, deep)
+        return self.backbone.reconstruct(partial, refined.float())
+
+    def refined(self, window: torch.Tensor, deep: torch.Tensor) -> torch.Tensor:
+        """aggregate's transformer: the centre frame's deep features [N, C, H, W] with what the window adds."""
         n, _, c, h, w = window.shape
         t = self.window  # a Python int, also when tracing for export
         centre = t // 2
@@ -248,7 +262,7 @@ class VSRT(nn.Module):
         # by): SPAN's features are on a 0..255 scale, where a unit change would be lost
         own = deep[:, centre]
         spread = own.var(1, keepdim=True, unbiased=False).add(self.entry_norm.eps).sqrt()
-        return self.backbone.reconstruct(partial, own + spread * self.merge(x)[..., :h, :w])
+        return own + spread * self.merge(x)[..., :h, :w]
 
     def flow_loss(self, window: torch.Tensor) -> torch.Tensor:
         """Training's self-supervised signal for the flow network (its only other signal passes through `merge`,
