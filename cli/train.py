@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from ..engine.errors import HypersrError
-from .options import at_least, check_training_side, training_parser, with_overrides
+from .options import at_least, check_training_side, positive_number, training_parser, with_overrides
 
 
 def cmd_train_base(args) -> None:
@@ -23,7 +23,7 @@ def cmd_train_base(args) -> None:
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     hp = preset.card.hyperparameters
-    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank"):
+    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank", "clip_grad"):
         if getattr(args, key) is not None:
             hp[key] = getattr(args, key)
     if args.bf16 is not None:
@@ -191,6 +191,8 @@ def add_commands(sub) -> None:
     tb.add_argument("--seed", type=int)
     tb.add_argument("--bank", type=at_least(16), help="real-source presets: degraded training windows made at the start (default: the card's)")
     tb.add_argument("--val-every", type=at_least(1), help="steps between validations and checkpoints (default 250)")
+    tb.add_argument("--clip-grad", type=positive_number, metavar="NORM",
+                    help="clip the gradients' norm to this (a long real-source run diverged without it at lr 1e-4; default: the card's, else none)")
     tb.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision: the forward in bf16 (weights and optimiser fp32); on a CPU with bf16 instructions, "
                          "about 1.8x the steps (default: the card's)")

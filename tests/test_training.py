@@ -59,18 +59,20 @@ def test_short_training_run_learns(tmp_path):
 
 def test_bf16_training_run_learns_and_keeps_fp32_weights(tmp_path):
     """Mixed precision: the forward in bf16 autocast, the weights, optimiser and validation fp32; the run's
-    config says so, so a checkpoint is never resumed in the other precision."""
+    config says so (and how its gradients were clipped), so a checkpoint is never resumed in the other precision."""
     from safetensors.torch import load_file
 
     from hypersr.engine.errors import HypersrError
 
     pack = tiny_pack(tmp_path / "pack.npz")
     arch = {"type": "fast", "scale": 2, "window": 3, "channels": 16, "blocks": 1}
-    weights = train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=200, batch=16, patch=32, lr=1e-3, val_every=100, bf16=True)
+    weights = train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=200, batch=16, patch=32, lr=1e-3, val_every=100, bf16=True,
+                         clip_grad=1.0)
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert log[2]["val_y_psnr"]["waves"] > log[0]["val_y_psnr"]["waves"] + 3
     assert {t.dtype for t in load_file(str(weights)).values()} == {torch.float32}
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["config"]["bf16"] is True
+    config = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["config"]
+    assert config["bf16"] is True and config["clip_grad"] == 1.0
     with pytest.raises(HypersrError, match="other settings .*bf16"):
         train_base(arch, "tiny", tmp_path, tmp_path / "run", pack, steps=300, batch=16, patch=32, lr=1e-3, val_every=100)
 

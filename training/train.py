@@ -197,11 +197,13 @@ def train_base(
     trainable: list[str] | None = None,
     max_minutes: float | None = None,
     bf16: bool = False,
+    clip_grad: float | None = None,
 ) -> Path:
     """Train a base network. init: a preset whose weights the run starts from (same architecture, e.g. a
     real-source preset fine-tuned from its clean counterpart; or the backbone's, e.g. vsrt from SPAN). trainable: the names of the parameters to
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all). bf16: the network's
-    forward in bf16 autocast (mixed precision: weights, optimiser, loss and validation stay fp32)."""
+    forward in bf16 autocast (mixed precision: weights, optimiser, loss and validation stay fp32). clip_grad: the
+    gradients' largest norm (None: unclipped)."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch, arch["window"])
     if trainable and not any(n.startswith(tuple(trainable)) for n, _ in build_model(arch).named_parameters()):
@@ -257,11 +259,13 @@ def train_base(
               "weight_decay": weight_decay, "seed": seed, "init": init, "bank": bank, "trainable": trainable}
     if arch.get("fusion") == "gated":  # its loss has the still-pixel term: a checkpoint from without it is another run
         config["still_weight"] = STILL_WEIGHT
-    if bf16:  # only when set, so that runs from before the option resume
+    if bf16:  # only when set, so that runs from before these options resume
         config["bf16"] = True
+    if clip_grad is not None:
+        config["clip_grad"] = clip_grad
     training_loop(out, f"train {name}", model, params, opt, sched, rng, device, steps, val_every, config, loss_fn,
                   lambda: validate(model, val, scale, device, inputs=val_inputs),
-                  lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, max_minutes=max_minutes)
+                  lambda scores: {"psnr": " ".join(f"{v:.2f}" for v in scores.values())}, clip_grad=clip_grad, max_minutes=max_minutes)
     weights = out / f"{name}.safetensors"
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(weights))
     return weights
