@@ -99,7 +99,7 @@ def add_commands(sub) -> None:
                     help="cpu: PyTorch fp32 (see --bf16); cuda: PyTorch fp16; trt: Torch-TensorRT, needs the [trt] extra "
                          "(default auto: cuda when available)")
     up.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                    help="cpu backend: run the quality and real presets' blocks in bf16, about 1.7x as fast for -0.01 dB "
+                    help="cpu backend: run the quality and real presets' blocks in bf16, about 1.6x as fast for -0.01 dB "
                          "(default: on where the CPU has bf16 instructions, AVX512-BF16 or AMX)")
     up.add_argument("--matrix", choices=["709", "601", "2020"], help="YUV matrix when the input does not say (default: 709 for HD, 601 for SD)")
     up.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
