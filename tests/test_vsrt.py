@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from hypersr.engine.lora import lora_applied, lora_layers
 from hypersr.engine.networks import build_model
-from hypersr.engine.networks.vsrt import STCSA, flow_warp, positional_encoding
+from hypersr.engine.networks.vsrt import STCSA, flow_warp, positional_encoding, positional_parts, with_position
 
 ARCH = {"type": "vsrt", "scale": 2, "window": 5, "channels": 12, "blocks": 1, "dim": 12, "patch": 4, "region": 16, "flow_width": 8}
 
@@ -31,6 +31,13 @@ def smooth_frames(frames: int, height: int, width: int, seed: int = 0) -> torch.
     """Frames like pictures rather than noise (SPAN's output on uniform noise reaches +-200)."""
     g = torch.Generator().manual_seed(seed)
     return F.interpolate(torch.rand(frames, 3, height // 4, width // 4, generator=g), size=(height, width), mode="bicubic").clamp(0, 1)
+
+
+def test_position_added_by_parts_equals_the_whole_encoding():
+    n, t, h, w, c, region = 2, 5, 20, 36, 24, 16
+    x = torch.rand(n * t, c, h, w)
+    whole = positional_encoding(t, h, w, c, region).repeat(n, 1, 1, 1)
+    torch.testing.assert_close(with_position(x, positional_parts(t, h, w, c, region), n), x + whole, rtol=0, atol=0)
 
 
 def test_stcsa_shapes_and_tokens_round_trip():

@@ -40,9 +40,10 @@ from .registry import register
 from .span import SPAN
 
 
-def positional_encoding(frames: int, height: int, width: int, channels: int, region: int) -> torch.Tensor:
-    """[frames, channels, height, width]: channels [0, d) encode t, [d, 2d) y and [2d, 3d) x (d = channels/3),
-    each as sin of d/2 frequencies then cos of the same, frequency k being 1 / 1000^(2k/d)."""
+def positional_parts(frames: int, height: int, width: int, channels: int, region: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The encoding's three factors: t [frames, d], y [d, height], x [d, width] (d = channels/3), each as sin
+    of d/2 frequencies then cos of the same, frequency k being 1 / 1000^(2k/d); y and x count inside the
+    attention square."""
     if channels % 6:
         raise ValueError(f"positional encoding needs channels divisible by 6, not {channels}")
     d = channels // 3
@@ -52,10 +53,24 @@ def positional_encoding(frames: int, height: int, width: int, channels: int, reg
         angle = freq[:, None] * pos[None].float()
         return torch.cat([angle.sin(), angle.cos()])
 
-    t = encode(torch.arange(frames))[:, :, None, None].expand(d, frames, height, width)
-    y = encode(torch.arange(height) % region)[:, None, :, None].expand(d, frames, height, width)
-    x = encode(torch.arange(width) % region)[:, None, None, :].expand(d, frames, height, width)
-    return torch.cat([t, y, x]).transpose(0, 1).contiguous()
+    return encode(torch.arange(frames)).T.contiguous(), encode(torch.arange(height) % region), encode(torch.arange(width) % region)
+
+
+def with_position(x: torch.Tensor, parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor], n: int) -> torch.Tensor:
+    """x [N*T, channels, H, W] plus the positional encoding: channels [0, d) get t's, [d, 2d) y's and [2d, 3d)
+    x's, each broadcast over the other coordinates, so the [T, channels, H, W] encoding is never built (at
+    540p that took longer than adding it)."""
+    t_enc, y_enc, x_enc = (p.to(x) for p in parts)
+    t, d = t_enc.shape
+    _, c, h, w = x.shape
+    x = x.reshape(n, t, c, h, w)
+    return torch.cat([x[:, :, :d] + t_enc[None, :, :, None, None], x[:, :, d : 2 * d] + y_enc[None, None, :, :, None],
+                      x[:, :, 2 * d :] + x_enc[None, None, :, None, :]], dim=2).reshape(n * t, c, h, w)
+
+
+def positional_encoding(frames: int, height: int, width: int, channels: int, region: int) -> torch.Tensor:
+    """[frames, channels, height, width]: the encoding with_position adds, built whole."""
+    return with_position(torch.zeros(frames, channels, height, width), positional_parts(frames, height, width, channels, region), 1)
 
 
 def layer_norm_2d(norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
@@ -86,8 +101,8 @@ class STCSA(nn.Module):
         x = x.permute(0, 3, 6, 1, 4, 7, 2, 5, 8)  # n, t, c | sy, py, y | sx, px, x
         return x.reshape(n * t, c, h, w)
 
-    def forward(self, x: torch.Tensor, pos: torch.Tensor | None, n: int, t: int) -> torch.Tensor:
-        qk_in = x if pos is None else x + pos
+    def forward(self, x: torch.Tensor, pos: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, n: int, t: int) -> torch.Tensor:
+        qk_in = x if pos is None else with_position(x, pos, n)
         q, k, v = (self.tokens(f, n, t) for f in (self.q(qk_in), self.k(qk_in), self.v(x)))
         weights = torch.softmax(q @ k.transpose(1, 2) * q.shape[-1] ** -0.5, dim=-1)  # one head, all T frames
         y = self.untokens(weights @ v, n, t, *x.shape[1:])
@@ -245,7 +260,7 @@ class VSRT(nn.Module):
         x = self.entry(layer_norm_2d(self.entry_norm, deep.reshape(n * t, -1, h, w)))
         x = F.pad(x, (0, pw, 0, ph), mode="replicate")
         lr = F.pad(window.reshape(n * t, c, h, w), (0, pw, 0, ph), mode="replicate").reshape(n, t, c, hp, wp)
-        pos = positional_encoding(t, hp, wp, self.dim, self.region).to(x).repeat(n, 1, 1, 1) if self.posenc else None
+        pos = positional_parts(t, hp, wp, self.dim, self.region) if self.posenc else None
         flows: dict[tuple[int, int], torch.Tensor] = {}
 
         def flow(a: int, b: int) -> torch.Tensor:
