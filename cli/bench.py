@@ -38,7 +38,7 @@ def cmd_bench_quality(args) -> None:
         raise HypersrError("compare presets of one scale at a time")
     t0 = time.time()
     results, missing = evaluate(validation_clips(args.data_dir, args.clips), scales.pop(), names, args.device, args.out,
-                                args.export_variants, args.frames, args.tile or (), args.fp32)
+                                args.export_variants, args.frames, args.tile or (), args.fp32, args.self_ensemble)
     print(table(results, missing))
     print(f"plots: {args.out}/per_frame_psnr.png, {args.out}/crops_*.png", file=sys.stderr)
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, BI degradation)", file=sys.stderr)
@@ -359,6 +359,8 @@ def add_commands(sub) -> None:
                     help="also score each preset in tiles of this many LR pixels (repeatable): what the seams cost")
     bq.add_argument("--fp32", action="store_true",
                     help="also score, in fp32, each preset that the cpu backend runs partly in bf16 on this CPU: what bf16 costs")
+    bq.add_argument("--self-ensemble", action="store_true",
+                    help="also score each preset's geometric self-ensemble (8 flips and turns averaged: 8 times the time)")
     bq.set_defaults(func=cmd_bench_quality)
 
     br = bench.add_parser("runs", help="finished training runs (architecture experiments, ablations) on the whole validation clips")

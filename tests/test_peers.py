@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import assert_clean_error, run_hypersr
@@ -13,6 +14,7 @@ from hypersr.training.evaluate import (
     noise_sigma,
     prefilter_oracle,
     prefilter_oracle_table,
+    self_ensemble,
     table,
     temporal_average,
     window_oracle,
@@ -71,6 +73,23 @@ def test_bench_quality_scores_the_seams_of_tiles(hr):
     assert row["quality-x2 tile=24"]["per_frame_psnr"] == row["quality-x2"]["per_frame_psnr"]
     assert abs(row["vsrt-x2 tile=24"]["y_psnr"] - row["vsrt-x2"]["y_psnr"]) < 0.1
     assert row["vsrt-x2 tile=24"]["y_psnr"] > 35
+
+
+def test_self_ensemble_turns_each_output_back():
+    lr = torch.rand(2, 3, 6, 10).numpy()
+    nearest = lambda a: a.repeat(2, axis=2).repeat(2, axis=3)  # noqa: E731  commutes with every flip and turn
+    assert (self_ensemble(lr, nearest) == nearest(lr)).all()
+    # a function that does not: the 8 outputs differ, and the ensemble is their mean, the shape unchanged
+    shifted = lambda a: np.roll(nearest(a), 1, axis=3)  # noqa: E731
+    out = self_ensemble(lr, shifted)
+    assert out.shape == (2, 3, 12, 20) and not np.allclose(out, shifted(lr))
+
+
+def test_bench_quality_scores_the_self_ensemble(hr):
+    results, _ = evaluate({"pattern": hr}, 2, ["quality-x2"], frames=1, ensemble=True)
+    row = results["pattern"]
+    # the eight passes see the same picture turned: the ensemble is that picture too, not a shifted one
+    assert abs(row["quality-x2 x8"]["y_psnr"] - row["quality-x2"]["y_psnr"]) < 1.0 and row["quality-x2 x8"]["y_psnr"] > 40
 
 
 def test_bench_speed_times_a_peer_in_its_own_process():

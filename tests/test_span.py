@@ -157,6 +157,34 @@ def test_gated_fusion_averages_a_still_pixel_and_keeps_the_centre_where_the_gate
         assert torch.allclose(fuse(f), f.reshape(2, 3, 4, 6, 7)[:, 1], atol=1e-5)
 
 
+def test_average_fusion_averages_noisy_still_pixels_and_keeps_moving_ones():
+    """The noise-adaptive average: on a still picture whose frames carry independent noise, each pixel is
+    averaged with both neighbours (the noise falls by about sqrt(3)); where the picture moves, the centre
+    frame passes alone; on frames without noise (sigma 0) a neighbour that differs is not mixed in."""
+    from hypersr.engine.networks.blocks import noise_sigma
+    from hypersr.engine.networks.span import NoiseAverage
+
+    g = torch.Generator().manual_seed(0)
+    clean = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 10, generator=g), size=(40, 48), mode="bicubic").clamp(0, 1)
+    noisy = (clean + 8 / 255 * torch.randn(3, 3, 40, 48, generator=g))[None]  # [1, 3 frames, 3, H, W]
+    fuse = NoiseAverage(channels=3, window=3)
+    with torch.no_grad():
+        out = fuse(noisy.reshape(1, 9, 40, 48), noisy)  # features = the frames themselves (conv_1 is linear)
+        luma_sigma = 8 / 255 * (0.299**2 + 0.587**2 + 0.114**2) ** 0.5  # independent noise per channel, seen in luma
+        assert noise_sigma(noisy[:, 1]).item() == pytest.approx(luma_sigma, rel=0.2)
+        error_in, error_out = (noisy[:, 1] - clean).std(), (out - clean).std()
+        assert error_out < error_in / 1.5, (error_in, error_out)  # sqrt(3) = 1.73 where every pixel averages
+        moving = noisy.clone()
+        moving[:, 0], moving[:, 2] = noisy[:, 0].roll(7, -1), noisy[:, 2].roll(-7, -1)
+        out = fuse(moving.reshape(1, 9, 40, 48), moving)
+        assert (out - moving[:, 1]).abs().mean() < 0.1 * (moving[:, 0] - moving[:, 1]).abs().mean()
+        y, x = torch.meshgrid(torch.linspace(0.2, 0.5, 40), torch.linspace(0.1, 0.6, 48), indexing="ij")
+        ramp = torch.stack([x, y, (x + y) / 2])[None, None].repeat(1, 3, 1, 1, 1)  # no second differences: sigma 0
+        ramp[:, 0, :, :, :24] += 0.01  # a neighbour that differs a little: with sigma 0 it is not mixed in
+        assert noise_sigma(ramp[:, 1]).item() < 1e-6
+        torch.testing.assert_close(fuse(ramp.reshape(1, 9, 40, 48), ramp)[..., :20], ramp[:, 1, ..., :20], rtol=0, atol=1e-6)
+
+
 def test_import_command(tmp_path):
     """`hypersr data import-span` from a folder holding files under an official name: the single-frame
     weights it writes are the network's, a preset of another shape is refused, and so are the wheel's

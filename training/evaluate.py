@@ -33,13 +33,27 @@ def export_variants(lr: np.ndarray, preset: str) -> dict[str, np.ndarray]:
     return outs
 
 
+def self_ensemble(lr: np.ndarray, upscale_array) -> np.ndarray:
+    """The geometric self-ensemble (Lim et al., 2017, "EDSR+"): upscale_array on the LR frames [T, 3, h, w] in
+    each of the 8 flips and quarter turns, each output turned back, averaged."""
+    total = None
+    for k in range(8):
+        turned = np.rot90(lr[..., ::-1] if k >= 4 else lr, k % 4, axes=(2, 3))
+        out = np.rot90(upscale_array(np.ascontiguousarray(turned)), -(k % 4), axes=(2, 3))
+        out = out[..., ::-1] if k >= 4 else out
+        total = out.astype(np.float64) if total is None else total + out
+    return (total / 8).astype(np.float32)
+
+
 def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str | None = None, variants: bool = False,
-                    frames: list[int] | None = None, tiles: list[int] = (), fp32: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+                    frames: list[int] | None = None, tiles: list[int] = (), fp32: bool = False,
+                    ensemble: bool = False) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Upscale LR frames [T, 3, h, w] by every peer and preset; values quantised to 8 bits. With `frames`,
     the outputs are those frames only (presets still read their neighbours) and slow peers run on them
     alone; without, slow peers are skipped. Each of `tiles` adds every preset again, tiled (the seam's
     cost: "PRESET tile=N"); `fp32` adds each preset that the cpu backend runs partly in bf16 again, in fp32
-    ("PRESET fp32": what bf16 costs). Returns the outputs and, per peer left out, why."""
+    ("PRESET fp32": what bf16 costs); `ensemble` adds each preset's geometric self-ensemble ("PRESET x8", eight
+    times its time). Returns the outputs and, per peer left out, why."""
     import vapoursynth as vs
 
     from ..engine import preset_registry
@@ -61,20 +75,26 @@ def upscale_methods(lr: np.ndarray, scale: int, presets: list[str], device: str 
             outs[name] = out
     clip = clip_from_array(lr)
     backend = backend_from_names(None, device)
+
+    def picked(out):
+        return clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
+
     for p in presets:
         runs = {p: (backend, None), **{f"{p} tile={tile}": (backend, tile) for tile in tiles}}
         if fp32 and isinstance(backend, CPU) and backend.uses_bf16() and bf16_parts(preset_registry.get(p).build()):
             runs[f"{p} fp32"] = (CPU(bf16=False), None)
         for name, (options, tile) in runs.items():
-            out = upscale(clip, preset=p, backend=options, tile=tile)
-            outs[name] = clip_to_array(out if frames is None else vs.core.std.Splice([out[i] for i in pick]))  # the picked frames only
+            outs[name] = picked(upscale(clip, preset=p, backend=options, tile=tile))
+        if ensemble:
+            outs[f"{p} x8"] = self_ensemble(lr, lambda a, p=p: picked(upscale(clip_from_array(a), preset=p, backend=backend)))
         if variants:
             outs.update({k: v[pick] for k, v in export_variants(lr, p).items()})
     return {name: np.round(np.clip(a, 0, 1) * 255) / 255 for name, a in outs.items()}, missing
 
 
 def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], device: str | None = None, out_dir: Path | None = None,
-             variants: bool = False, frames: int | None = None, tiles: list[int] = (), fp32: bool = False) -> tuple[dict, dict[str, str]]:
+             variants: bool = False, frames: int | None = None, tiles: list[int] = (), fp32: bool = False,
+             ensemble: bool = False) -> tuple[dict, dict[str, str]]:
     """{clip: {method: {"y_psnr", "ssim", "per_frame_psnr"}}} plus "mean" over clips, and the peers left
     out with the reason. frames: score that many frames spread over each clip (all: None). With out_dir,
     also writes crops_CLIP.png (the same crops from every method and the original) and per_frame_psnr.png."""
@@ -85,7 +105,7 @@ def evaluate(clips: dict[str, torch.Tensor], scale: int, presets: list[str], dev
         pick = None if frames is None else sorted({round(v) for v in np.linspace(0, len(hr) - 1, min(frames, len(hr)))})
         hr = hr if pick is None else hr[pick]
         results[name] = {}
-        outputs, missing = upscale_methods(lr, scale, presets, device, variants, pick, tiles, fp32)
+        outputs, missing = upscale_methods(lr, scale, presets, device, variants, pick, tiles, fp32, ensemble)
         if out_dir is not None:
             out_dir.mkdir(parents=True, exist_ok=True)
             comparison_png(out_dir / f"crops_{name}.png", {**outputs, "original": hr.numpy()}, len(hr) // 2)
@@ -269,15 +289,14 @@ def window_oracle_table(rows: list[dict]) -> str:
 
 # --- what the neighbours know on real sources: a noise-adaptive temporal average ------------------
 
-NOISE_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
 PREFILTER_KS = (1.5, 2.5, 4.0)
 
 
 def noise_sigma(frame: torch.Tensor) -> float:
-    """A frame's noise sigma (0..1 units) from the median absolute response of Immerkaer's kernel on its
-    luma (the kernel cancels smooth shading; the median ignores edges and texture)."""
-    y = (frame * torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)).sum(0)[None, None]
-    return float(torch.nn.functional.conv2d(y, NOISE_KERNEL).abs().median()) / 0.6745 / 6.0  # the kernel's gain is 6
+    """A frame's [3, h, w] noise sigma (0..1 units): engine.networks.blocks.noise_sigma."""
+    from ..engine.networks.blocks import noise_sigma as sigmas
+
+    return float(sigmas(frame[None])[0])
 
 
 def temporal_average(lr: torch.Tensor, t: int, threshold: float) -> torch.Tensor:

@@ -9,6 +9,20 @@ from torch import nn
 
 from ..lora import LoRAConv2d
 
+# Immerkaer's noise kernel: the second differences cancel smooth shading; its gain on white noise is 6
+NOISE_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
+LUMA = (0.299, 0.587, 0.114)
+
+
+def noise_sigma(frames: torch.Tensor) -> torch.Tensor:
+    """Frames [B, 3, H, W] (0..1) -> each one's noise sigma [B], from the median absolute response of Immerkaer's
+    kernel on its luma (the median ignores edges and texture)."""
+    y = (frames * frames.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    response = F.conv2d(y, NOISE_KERNEL.to(y)).abs().flatten(1)
+    # the lower median, as torch.median gives it, by topk: ONNX has no median
+    median = response.topk((response.shape[1] + 1) // 2, dim=1, largest=False).values[:, -1]
+    return median / 0.6745 / 6.0
+
 
 def conv3x3(cin: int, cout: int) -> LoRAConv2d:
     return LoRAConv2d(cin, cout, 3, padding=1)

@@ -13,6 +13,8 @@ identity on the centre frame. fusion="gated": the centre frame's features plus e
 from them, weighted per pixel and channel by a gate that reads both (GatedFuse): a linear mix cannot tell
 a still pixel, where a neighbour is a second look at the same point, from a moving one. Either way an
 imported network *is* the single-frame SPAN at step 0 and training learns what the neighbours add.
+fusion="average" (NoiseAverage) starts elsewhere: as a noise-adaptive temporal average of the input, which
+on noisy sources gains without training (README, "The frame window on real sources").
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..lora import LoRAConv2d
-from .blocks import SharedFrameConv, conv3x3
+from .blocks import SharedFrameConv, conv3x3, noise_sigma
 from .registry import register
 
 DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
@@ -74,6 +76,37 @@ class GatedFuse(nn.Module):
         return F.binary_cross_entropy_with_logits(logit, still_labels(hr, scale).expand_as(logit))
 
 
+class NoiseAverage(nn.Module):
+    """f = f_c + strength * sum_j m_j (f_j - f_c) / (1 + sum_j m_j): each pixel averaged with the neighbours that
+    look like it, m_j = sigmoid((k sigma - d_j) / (k sigma / 4)), d_j the 5x5 mean over the channels of the LR
+    frames' absolute difference and sigma the centre frame's noise sigma (each window's own, so tiles may differ).
+    conv_1 is linear, so averaging its features averages the input. It starts as the average (k = 2.5,
+    strength 1); training moves k and the per-channel strength."""
+
+    reads_frames = True
+
+    def __init__(self, channels: int, window: int, k: float = 2.5):
+        super().__init__()
+        self.channels, self.window = channels, window
+        self.log_k = nn.Parameter(torch.tensor(float(k)).log())
+        self.strength = nn.Parameter(torch.ones(1, channels, 1, 1))
+
+    def forward(self, f: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+        n, t, _, h, w = window.shape
+        c, k = self.channels, t // 2
+        frames = f.reshape(n, t, c, h, w)
+        centre = frames[:, k]
+        others = [j for j in range(t) if j != k]
+        threshold = (self.log_k.exp() * noise_sigma(window[:, k])).view(n, 1, 1, 1)
+        total, count = torch.zeros_like(centre), torch.ones_like(centre[:, :1])
+        for j in others:
+            d = F.avg_pool2d((window[:, j] - window[:, k]).abs().mean(1, keepdim=True), 5, 1, 2, count_include_pad=False)
+            m = torch.sigmoid((threshold - d) / (threshold / 4 + 1e-4))
+            total = total + m * (frames[:, j] - centre)
+            count = count + m
+        return centre + self.strength * total / count
+
+
 def still_labels(hr: torch.Tensor, scale: int) -> torch.Tensor:
     """For an HR window [N, T, 3, sH, sW]: 1 where a neighbour shows the centre's picture (mean absolute
     difference over the LR pixel under 1/255: a still pixel), else 0, per neighbour [N, T-1, 1, H, W]."""
@@ -93,13 +126,13 @@ class SPAN(nn.Module):
             raise ValueError("blocks must be at least 1")
         if fuse_kernel not in (1, 3):
             raise ValueError("fuse_kernel must be 1 or 3")
-        if fusion not in ("linear", "gated"):
-            raise ValueError("fusion must be linear or gated")
-        if fusion == "gated" and fuse_kernel != 1:
-            raise ValueError("fuse_kernel is the linear fusion's; the gated fusion has its own 3x3 gate")
+        if fusion not in ("linear", "gated", "average"):
+            raise ValueError("fusion must be linear, gated or average")
+        if fusion != "linear" and fuse_kernel != 1:
+            raise ValueError("fuse_kernel is the linear fusion's")
         self.scale, self.window = scale, window
         # LR pixels: every 3x3 conv on the path adds one (tiles overlap by this much)
-        self.receptive_radius = 3 * blocks + 3 + (0 if window == 1 else 2 if fusion == "gated" else fuse_kernel // 2)
+        self.receptive_radius = 3 * blocks + 3 + (0 if window == 1 else 2 if fusion in ("gated", "average") else fuse_kernel // 2)
         self.register_buffer("mean", torch.tensor(DIV2K_MEAN).view(1, 3, 1, 1), persistent=False)
         if window == 1:
             self.conv_1 = conv3x3(3, channels)
@@ -107,6 +140,8 @@ class SPAN(nn.Module):
             self.conv_1 = SharedFrameConv(3, channels, window)
         if window > 1 and fusion == "gated":
             self.fuse = GatedFuse(channels, window)
+        elif window > 1 and fusion == "average":
+            self.fuse = NoiseAverage(channels, window)
         elif window > 1:
             self.fuse = LoRAConv2d(channels * window, channels, fuse_kernel, padding=fuse_kernel // 2)
             with torch.no_grad():  # pass the centre frame's features through (the kernel's centre tap)
@@ -142,7 +177,7 @@ class SPAN(nn.Module):
     def forward(self, window: torch.Tensor) -> torch.Tensor:
         f = self.frame_convs(window)
         if self.window > 1:
-            f = self.fuse(f)
+            f = self.fuse(f, window) if getattr(self.fuse, "reads_frames", False) else self.fuse(f)
         first, a, b = self.trunk(f)
         out = self.conv_cat(torch.cat([f, self.conv_2(b), first, a], 1))
         return F.pixel_shuffle(self.upsampler(out), self.scale)
