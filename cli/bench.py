@@ -23,7 +23,7 @@ def cmd_bench_runs(args) -> None:
     clips = {name: clip[: args.frames] for name, clip in validation_clips(args.data_dir, args.clips).items()}
     print(runs_table(evaluate_runs(args.runs, clips, args.device, args.degradation, args.preset or ())))
     print(f"({time.time() - t0:.0f} s; Y-PSNR on BT.601 luma with a 4-pixel border cropped, {args.degradation} degradation"
-          f"{' (the training validation chains)' if args.degradation == 'real' else ''}, "
+          f"{' (the training validation chains)' if args.degradation == 'real' else ' (bench real chains)' if args.degradation == 'chains' else ''}, "
           f"{f'frames 0..{args.frames - 1}' if args.frames else 'every frame'})", file=sys.stderr)
 
 
@@ -367,8 +367,9 @@ def add_commands(sub) -> None:
     br.add_argument("runs", nargs="+", type=Path, help="run directories of `hypersr train base --out DIR`")
     br.add_argument("--clips", nargs="+", help="validation clips (default: bigbuckbunny bikes)")
     br.add_argument("--preset", action="append", help="a preset to score beside the runs (repeatable), e.g. the one they started from")
-    br.add_argument("--degradation", choices=["bi", "real"], default="bi",
-                    help="bi, or real: the training validation's chains (bi, h264-crf33, mpeg2-q8, blur-noise) (default %(default)s)")
+    br.add_argument("--degradation", choices=["bi", "real", "chains"], default="bi",
+                    help="bi; real: the training validation's chains (bi, h264-crf33, mpeg2-q8, blur-noise); chains: bench real's nine "
+                         "(default %(default)s)")
     br.add_argument("--frames", type=at_least(3), help="the first frames of each clip (default all)")
     br.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     br.add_argument("--device", default="cpu")

@@ -114,6 +114,12 @@ def test_bench_runs_scores_a_finished_run(tmp_path):
     assert real["val_y_psnr"]["waves/bi"] == pytest.approx(row["val_y_psnr"]["waves"], abs=1e-6)
     assert real["mean, degraded"] == pytest.approx(np.mean([v for k, v in real["val_y_psnr"].items() if k != "waves/bi"]))
     assert "| mean | mean, degraded |" in runs_table([preset, real])
+    # through bench real's nine chains: the same four among them, scored the same
+    [nine] = evaluate_runs([tmp_path / "run"], data.load_pack(pack).validation, degradation="chains")
+    from hypersr.engine.degradation import CHAINS
+
+    assert set(nine["val_y_psnr"]) == {f"waves/{c}" for c in CHAINS} and len(CHAINS) == 9
+    assert all(nine["val_y_psnr"][k] == pytest.approx(v, abs=1e-6) for k, v in real["val_y_psnr"].items())
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(HypersrError, match="not a finished run"):
         evaluate_runs([tmp_path / "unfinished"], {})

@@ -190,12 +190,13 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
     """Finished training runs (`hypersr train base --out DIR`: DIR/arch.json and DIR/NAME.safetensors), and
     presets beside them, on whole validation clips (consecutive frames, so a window sees its true
     neighbours), for architecture experiments and ablations: Y-PSNR per clip (and chain, for "real": the
-    training validation's chains) and their means."""
+    training validation's chains; for "chains": bench real's nine) and their means."""
     import json
 
     from safetensors.torch import load_file
 
     from ..engine import preset_registry
+    from ..engine.degradation import CHAINS, apply
     from ..engine.networks import build_model, macs_per_lr_pixel
     from .degradation import TrainingDegradation
     from .train import validate
@@ -213,7 +214,12 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
     networks = [(name, preset_registry.get(name).card.architecture.as_dict(), preset_registry.load_model(name)) for name in presets] + networks
     rows = []
     for name, arch, model in networks:
-        scores = validate(model.to(device), clips, arch["scale"], device, TrainingDegradation(degradation))
+        if degradation == "chains":  # bench real's nine, each clip through each the same way every time
+            inputs = {f"{clip}/{chain}": (hr, apply(hr, arch["scale"], CHAINS[chain], np.random.default_rng(0)))
+                      for clip, hr in clips.items() for chain in CHAINS}
+            scores = validate(model.to(device), clips, arch["scale"], device, inputs=inputs)
+        else:
+            scores = validate(model.to(device), clips, arch["scale"], device, TrainingDegradation(degradation))
         degraded = [v for k, v in scores.items() if "/" in k and not k.endswith("/bi")]
         rows.append({"run": name, "arch": arch, "val_y_psnr": scores, "mean": float(np.mean(list(scores.values()))),
                      "mean, degraded": float(np.mean(degraded)) if degraded else None,
