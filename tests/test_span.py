@@ -167,22 +167,30 @@ def test_average_fusion_averages_noisy_still_pixels_and_keeps_moving_ones():
     g = torch.Generator().manual_seed(0)
     clean = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 10, generator=g), size=(40, 48), mode="bicubic").clamp(0, 1)
     noisy = (clean + 8 / 255 * torch.randn(3, 3, 40, 48, generator=g))[None]  # [1, 3 frames, 3, H, W]
-    fuse = NoiseAverage(channels=3, window=3)
+    fuse = NoiseAverage(window=3)
     with torch.no_grad():
-        out = fuse(noisy.reshape(1, 9, 40, 48), noisy)  # features = the frames themselves (conv_1 is linear)
+        out = fuse(noisy)
         luma_sigma = 8 / 255 * (0.299**2 + 0.587**2 + 0.114**2) ** 0.5  # independent noise per channel, seen in luma
         assert noise_sigma(noisy[:, 1]).item() == pytest.approx(luma_sigma, rel=0.2)
         error_in, error_out = (noisy[:, 1] - clean).std(), (out - clean).std()
         assert error_out < error_in / 1.5, (error_in, error_out)  # sqrt(3) = 1.73 where every pixel averages
         moving = noisy.clone()
         moving[:, 0], moving[:, 2] = noisy[:, 0].roll(7, -1), noisy[:, 2].roll(-7, -1)
-        out = fuse(moving.reshape(1, 9, 40, 48), moving)
+        out = fuse(moving)
         assert (out - moving[:, 1]).abs().mean() < 0.1 * (moving[:, 0] - moving[:, 1]).abs().mean()
         y, x = torch.meshgrid(torch.linspace(0.2, 0.5, 40), torch.linspace(0.1, 0.6, 48), indexing="ij")
         ramp = torch.stack([x, y, (x + y) / 2])[None, None].repeat(1, 3, 1, 1, 1)  # no second differences: sigma 0
         ramp[:, 0, :, :, :24] += 0.01  # a neighbour that differs a little: with sigma 0 it is not mixed in
         assert noise_sigma(ramp[:, 1]).item() < 1e-6
-        torch.testing.assert_close(fuse(ramp.reshape(1, 9, 40, 48), ramp)[..., :20], ramp[:, 1, ..., :20], rtol=0, atol=1e-6)
+        torch.testing.assert_close(fuse(ramp)[..., :20], ramp[:, 1, ..., :20], rtol=0, atol=1e-6)
+    # in the network: the single-frame weights with the average before conv_1; three equal frames are one frame
+    arch = {"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2}
+    single = build_model(arch)
+    windowed = build_model({**arch, "window": 3, "fusion": "average"})
+    windowed.load_state_dict(for_window({**arch, "window": 3, "fusion": "average"}, single.state_dict()))
+    with torch.no_grad():
+        torch.testing.assert_close(windowed(noisy[:, 1:2].expand(1, 3, 3, 40, 48)), single(noisy[:, 1:2]), rtol=0, atol=1e-5)
+        assert not torch.allclose(windowed(noisy), single(noisy[:, 1:2]), atol=1e-3)
 
 
 def test_import_command(tmp_path):
