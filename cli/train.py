@@ -17,7 +17,7 @@ from .options import at_least, check_training_side, positive_number, training_pa
 def cmd_train_base(args) -> None:
     from ..engine import preset_registry
     from ..engine.backends import resolve_device
-    from ..engine.networks import backbone_of, one_frame_of
+    from ..engine.networks import backbone_of, build_model, one_frame_of
     from ..training.train import train_base
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
@@ -36,6 +36,10 @@ def cmd_train_base(args) -> None:
                                "add --no-bf16")
     check_training_side("--patch", hp["patch"], preset)
     arch = with_overrides(preset.card.architecture.as_dict(), args.arch)
+    try:
+        build_model(arch)  # a wrong --arch is one line, before the run folder is made
+    except (ValueError, TypeError) as e:
+        raise HypersrError(f"--arch: hypersr cannot build {arch} ({e})") from None
     if hp.get("init") and preset_registry.get(hp["init"]).card.architecture.as_dict() not in (arch, backbone_of(arch), one_frame_of(arch)):
         raise HypersrError(f"--init {hp['init']}: its network is neither {preset.name}'s, nor its backbone, nor the same network one frame at a time "
                            f"({'with --arch' if args.arch else 'another architecture'}); start from a preset with the same architecture")

@@ -149,6 +149,10 @@ def test_train_base_refuses_an_init_of_another_network(tmp_path):
     proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", "fast-x2", "--arch", "channels=16",
                        "--out", tmp_path / "run")
     assert_clean_error(proc, "with --arch")
+    for arch, words in (("fusion=bogus", ("--arch", "fusion", "bogus")), ("colour=1", ("--arch", "colour"))):
+        proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--arch", arch, "--out", tmp_path / "run")
+        assert_clean_error(proc, *words)
+        assert not (tmp_path / "run").exists()
 
 
 def test_a_window_starts_as_the_single_frame_preset_it_is_initialised_from(tmp_path):
