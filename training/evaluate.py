@@ -213,11 +213,13 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
         networks.append((Path(run).name, arch, model))
     networks = [(name, preset_registry.get(name).card.architecture.as_dict(), preset_registry.load_model(name)) for name in presets] + networks
     rows = []
+    chained: dict[int, dict] = {}  # per scale: bench real's nine chains, each clip through each the same way every time
     for name, arch, model in networks:
-        if degradation == "chains":  # bench real's nine, each clip through each the same way every time
-            inputs = {f"{clip}/{chain}": (hr, apply(hr, arch["scale"], CHAINS[chain], np.random.default_rng(0)))
-                      for clip, hr in clips.items() for chain in CHAINS}
-            scores = validate(model.to(device), clips, arch["scale"], device, inputs=inputs)
+        if degradation == "chains":
+            if arch["scale"] not in chained:
+                chained[arch["scale"]] = {f"{clip}/{chain}": (hr, apply(hr, arch["scale"], CHAINS[chain], np.random.default_rng(0)))
+                                          for clip, hr in clips.items() for chain in CHAINS}
+            scores = validate(model.to(device), clips, arch["scale"], device, inputs=chained[arch["scale"]])
         else:
             scores = validate(model.to(device), clips, arch["scale"], device, TrainingDegradation(degradation))
         degraded = [v for k, v in scores.items() if "/" in k and not k.endswith("/bi")]

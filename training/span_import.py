@@ -225,7 +225,8 @@ def check_against_ncnn(param: str, weights: bytes, arch: dict, state: dict, tile
 
 def for_window(arch: dict, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Single-frame weights as those of the network `arch` (a window, its fusion): the same per-frame conv,
-    and the fusion that passes the centre frame through (as the network initialises it)."""
+    and the fusion as the network initialises it (the centre frame passed through; fusion="average": the
+    noise-adaptive average)."""
     model = build_model(arch)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("fuse.") for k in missing):

@@ -19,8 +19,9 @@ def noise_sigma(frames: torch.Tensor) -> torch.Tensor:
     kernel on its luma (the median ignores edges and texture)."""
     y = (frames * frames.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
     response = F.conv2d(y, NOISE_KERNEL.to(y)).abs().flatten(1)
-    # the lower median, as torch.median gives it, by topk: ONNX has no median
-    median = response.topk((response.shape[1] + 1) // 2, dim=1, largest=False).values[:, -1]
+    # the lower median, as torch.median gives it, as the largest of the smaller half: ONNX has no median
+    # (TensorRT's TopK takes k <= 3840: there it would need a subsample; untested, no preset uses it yet)
+    median = response.topk((response.shape[1] + 1) // 2, dim=1, largest=False, sorted=False).values.amax(1)
     return median / 0.6745 / 6.0
 
 
