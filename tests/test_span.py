@@ -167,7 +167,7 @@ def test_average_fusion_averages_noisy_still_pixels_and_keeps_moving_ones():
     g = torch.Generator().manual_seed(0)
     clean = torch.nn.functional.interpolate(torch.rand(1, 3, 8, 10, generator=g), size=(40, 48), mode="bicubic").clamp(0, 1)
     noisy = (clean + 8 / 255 * torch.randn(3, 3, 40, 48, generator=g))[None]  # [1, 3 frames, 3, H, W]
-    fuse = NoiseAverage(window=3)
+    fuse = NoiseAverage()
     with torch.no_grad():
         out = fuse(noisy)
         luma_sigma = 8 / 255 * (0.299**2 + 0.587**2 + 0.114**2) ** 0.5  # independent noise per channel, seen in luma

@@ -84,9 +84,8 @@ class NoiseAverage(nn.Module):
     channel); training moves k and the strength. On the three input channels it costs little (on conv_1's 48
     output channels, the same arithmetic made real-x2 40 % slower at 540p)."""
 
-    def __init__(self, window: int, k: float = 2.5):
+    def __init__(self, k: float = 2.5):
         super().__init__()
-        self.window = window
         self.log_k = nn.Parameter(torch.tensor(float(k)).log())
         self.strength = nn.Parameter(torch.ones(1, 3, 1, 1))
 
@@ -141,7 +140,7 @@ class SPAN(nn.Module):
         if window > 1 and fusion == "gated":
             self.fuse = GatedFuse(channels, window)
         elif window > 1 and fusion == "average":
-            self.fuse = NoiseAverage(window)
+            self.fuse = NoiseAverage()
         elif window > 1:
             self.fuse = LoRAConv2d(channels * window, channels, fuse_kernel, padding=fuse_kernel // 2)
             with torch.no_grad():  # pass the centre frame's features through (the kernel's centre tap)
