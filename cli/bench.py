@@ -15,6 +15,9 @@ from .options import DEFAULT_DATA_DIR, at_least, positive_minutes, positive_numb
 
 def cmd_bench_runs(args) -> None:
     from ..engine import preset_registry
+    from ..engine.backends import resolve_device
+
+    args.device = str(resolve_device(args.device))  # a device this machine lacks is one line, before any work
     from ..training.evaluate import evaluate_runs, runs_table, validation_clips
 
     for name in args.preset or ():

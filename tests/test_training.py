@@ -123,6 +123,14 @@ def test_bench_runs_scores_a_finished_run(tmp_path):
     (tmp_path / "unfinished").mkdir()
     with pytest.raises(HypersrError, match="not a finished run"):
         evaluate_runs([tmp_path / "unfinished"], {})
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "arch.json").write_text("not json")
+    (tmp_path / "broken" / "tiny.safetensors").write_bytes(b"\0" * 4)
+    with pytest.raises(HypersrError, match="cannot be read as a network"):
+        evaluate_runs([tmp_path / "broken"], {})
+    (tmp_path / "broken" / "arch.json").write_text(json.dumps(arch))  # a network, with weights that are not a file of them
+    with pytest.raises(HypersrError, match="cannot be read as a network"):
+        evaluate_runs([tmp_path / "broken"], {})
 
 
 def test_train_hypernet_refuses_an_init_it_cannot_start_from(tmp_path):

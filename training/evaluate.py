@@ -207,9 +207,13 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
         if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
             raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
                                f"`hypersr train base --out {run}`")
-        arch = json.loads((Path(run) / "arch.json").read_text())
-        model = build_model(arch)
-        model.load_state_dict(load_file(str(weights[0])))
+        try:
+            arch = json.loads((Path(run) / "arch.json").read_text())
+            model = build_model(arch)
+            model.load_state_dict(load_file(str(weights[0])))
+        except Exception as e:  # noqa: BLE001  a malformed arch.json, an unknown network, unreadable or mismatched weights
+            raise HypersrError(f"{run}: its arch.json or {weights[0].name} cannot be read as a network ({type(e).__name__}); "
+                               f"train it again with `hypersr train base --out {run}`") from None
         networks.append((Path(run).name, arch, model))
     networks = [(name, preset_registry.get(name).card.architecture.as_dict(), preset_registry.load_model(name)) for name in presets] + networks
     rows = []
