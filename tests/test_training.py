@@ -218,3 +218,12 @@ def test_pick_crops_takes_distinct_detailed_cells_at_several_sizes():
     assert 0 < sum(c.tobytes() in full for c in crops) < len(crops)  # exact cells of the still, and shrunk ones
     few, again = (data.pick_crops(img, 20, 64, np.random.default_rng(5)) for _ in range(2))
     assert len(few) == 20 and all(np.array_equal(a, b) for a, b in zip(few, again))  # as many as asked, the same for a seed
+
+
+def test_bench_runs_refuses_a_missing_gpu_in_one_line(tmp_path):
+    import torch
+    from helpers import assert_clean_error, run_hypersr
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_clean_error(run_hypersr("bench", "runs", tmp_path, "--device", "cuda"), "no CUDA GPU", "--device cpu")
