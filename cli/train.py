@@ -17,8 +17,9 @@ from .options import at_least, check_training_side, positive_number, training_pa
 def cmd_train_base(args) -> None:
     from ..engine import preset_registry
     from ..engine.backends import resolve_device
+    from ..engine.files import sha256_file
     from ..engine.networks import backbone_of, build_model, one_frame_of
-    from ..training.train import train_base
+    from ..training.train import init_network, train_base
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
@@ -28,6 +29,8 @@ def cmd_train_base(args) -> None:
             hp[key] = getattr(args, key)
     if args.bf16 is not None:
         hp["bf16"] = args.bf16
+    if "all" in (hp.get("trainable") or []) or hp.get("clip_grad") == 0:  # what the card says, undone (a recipe's earlier stage)
+        hp = {k: v for k, v in hp.items() if not (k == "trainable" and "all" in v or k == "clip_grad" and v == 0)}
     if hp.get("bf16") and args.device == "cpu":
         from ..engine.backends import native_bf16
 
@@ -36,13 +39,15 @@ def cmd_train_base(args) -> None:
                                "add --no-bf16")
     check_training_side("--patch", hp["patch"], preset)
     arch = with_overrides(preset.card.architecture.as_dict(), args.arch)
+    if arch.get("window", 1) == 1:
+        arch = one_frame_of(arch) or arch  # one frame has no fusion: `--arch window=1` trains the window's first stage
     try:
         build_model(arch)  # a wrong --arch is one line, before the run folder is made
     except (ValueError, TypeError) as e:
         raise HypersrError(f"--arch: hypersr cannot build {arch} ({e})") from None
-    if hp.get("init") and preset_registry.get(hp["init"]).card.architecture.as_dict() not in (arch, backbone_of(arch), one_frame_of(arch)):
+    if hp.get("init") and init_network(hp["init"])[0] not in (arch, backbone_of(arch), one_frame_of(arch)):
         raise HypersrError(f"--init {hp['init']}: its network is neither {preset.name}'s, nor its backbone, nor the same network one frame at a time "
-                           f"({'with --arch' if args.arch else 'another architecture'}); start from a preset with the same architecture")
+                           f"({'with --arch' if args.arch else 'another architecture'}); start from a preset or run with the same architecture")
     out = args.out = Path(args.out or f"runs/{preset.name}")
     t0 = time.time()
     if args.install and arch != preset.card.architecture.as_dict():
@@ -54,6 +59,8 @@ def cmd_train_base(args) -> None:
 
         pack = args.pack or args.data_dir / "train-pack.npz"
         data = cards.PACK_DATA + (cards.REAL_WINDOWS.format(bank=hp.get("bank", 4096)) if preset.card.is_real_source else "")
+        if hp.get("init") and (run := Path(hp["init"])).is_dir():  # a recipe's earlier stage: which weights it made
+            data += f"; started from the run {hp['init']} (weights sha256 {sha256_file(next(run.glob('*.safetensors')))[:16]})"
         cards.install_weights(preset, weights, cards.training_record(args.device, hp, pack, t0, data, out))
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
 
@@ -102,7 +109,7 @@ def cmd_train_blend(args) -> None:
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
-    clean = preset_registry.get(args.clean or preset.card.init or "fast-x2")
+    clean = preset_registry.get(args.clean or preset.card.clean_twin or "fast-x2")
     if not preset.card.has_hypernet:
         raise HypersrError(f"preset {preset.name} has no trained hypernet to add a clean blend to; "
                            f"`hypersr train hypernet --preset {preset.name}` first")
@@ -184,9 +191,11 @@ def add_commands(sub) -> None:
     train = sub.add_parser("train", help="train models").add_subparsers(dest="what", required=True)
     tb = training_parser(train, "base", "train a base preset's network", "runs/PRESET")
     tb.add_argument("--arch", action="append", metavar="KEY=VALUE", help="override an architecture field (experiments)")
-    tb.add_argument("--init", metavar="PRESET", help="start from this preset's weights (same architecture), e.g. to fine-tune on a new pack")
+    tb.add_argument("--init", metavar="PRESET|RUN", help="start from this preset's weights, or a finished run's (--out of an earlier stage): "
+                    "the same architecture, its backbone, or it one frame at a time")
     tb.add_argument("--trainable", action="append", metavar="PREFIX",
-                    help="train only the parameters whose names start so (repeatable, e.g. --trainable fuse); the rest stay as --init made them")
+                    help="train only the parameters whose names start so (repeatable, e.g. --trainable fuse); the rest stay as --init made them; "
+                         "all: every parameter, whatever the card says")
     tb.add_argument("--steps", type=at_least(1))
     tb.add_argument("--batch", type=at_least(1))
     tb.add_argument("--patch", type=at_least(1),
@@ -197,6 +206,7 @@ def add_commands(sub) -> None:
     tb.add_argument("--val-every", type=at_least(1), help="steps between validations and checkpoints (default 250)")
     tb.add_argument("--clip-grad", type=positive_number, metavar="NORM",
                     help="clip the gradients' norm to this (a long real-source run diverged without it at lr 1e-4; default: the card's, else none)")
+    tb.add_argument("--no-clip-grad", dest="clip_grad", action="store_const", const=0.0, help="do not clip, whatever the card says")
     tb.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="mixed precision: the forward in bf16 (weights and optimiser fp32); on a CPU with bf16 instructions, "
                          "about 1.8x the steps (default: the card's)")

@@ -83,9 +83,12 @@ class ModelCard:
         return dict(self.training.get("hyperparameters", {}))
 
     @property
-    def init(self) -> str | None:
-        """The preset these weights were fine-tuned from, if any."""
-        return self.hyperparameters.get("init")
+    def clean_twin(self) -> str | None:
+        """A real-source preset's clean twin, the preset its clean blend moves toward: the one the blend was fitted
+        with, else the preset its weights were fine-tuned from (None: neither)."""
+        fitted = self.raw.get("hypernet", {}).get("blend", {}).get("clean_preset")
+        init = self.hyperparameters.get("init")
+        return fitted or (init if isinstance(init, str) and "/" not in init else None)
 
     @classmethod
     def from_dict(cls, card: Any, where: str | Path = "the model card") -> ModelCard:

@@ -23,7 +23,7 @@ def pair():
     """real-x2's base, its clean twin (the same network trained on clean input) and a hypernet with a blend toward it."""
     real = preset_registry.get("real-x2")
     base = preset_registry.load_model(real)
-    clean = preset_registry.load_model(real.card.init)  # the preset it was fine-tuned from
+    clean = preset_registry.load_model(real.card.clean_twin)  # quality-x2, the preset it was fine-tuned from
     arch = {**real.card.hypernet.architecture, "blend": True}
     hypernet = build_hypernet(base, arch).eval()
     hypernet.blend.set_moves(moves(base, clean))

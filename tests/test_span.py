@@ -207,6 +207,15 @@ def test_import_command(tmp_path):
     assert "max |ours - ncnn|" in proc.stderr.decode()
     imported = load_file(str(tmp_path / "w.safetensors"))
     assert all(torch.equal(imported[k], v) for k, v in source.state_dict().items())
+    # without -o: a run folder under runs/ that `bench runs` and `train base --init` read
+    work = tmp_path / "work"
+    work.mkdir()
+    assert run_hypersr("data", "import-span", "--source", tmp_path, cwd=work).returncode == 0
+    from hypersr.training.train import load_run
+
+    arch, model = load_run(work / "runs" / "import-spanx2_ch48")
+    assert arch == {"type": "span", "scale": 2, "window": 1, "channels": 8, "blocks": 2}
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in source.state_dict().items())
     assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path, "--preset", "quality-x2", "-o", tmp_path / "q.safetensors"),
                        "8 channels", "quality-x2", "48 channels")
     assert not (tmp_path / "q.safetensors").exists()
@@ -216,8 +225,9 @@ def test_import_command(tmp_path):
     before = weights.read_bytes()
     assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path, "--preset", "quality-x2", "-o", weights), "same file")
     assert weights.read_bytes() == before  # a preset's own weights are never written but by --install
-    assert_clean_error(run_hypersr("data", "import-span", "--model", "4xSPANkendata", "--source", tmp_path), "official", "licence")
-    assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path / "nothing"), "no spanx2_ch48.param")
+    assert_clean_error(run_hypersr("data", "import-span", "--model", "4xSPANkendata", "--source", tmp_path, cwd=work), "official", "licence")
+    assert_clean_error(run_hypersr("data", "import-span", "--source", tmp_path / "nothing", cwd=work), "no spanx2_ch48.param")
+    assert sorted(p.name for p in (work / "runs").iterdir()) == ["import-spanx2_ch48"]  # a refused import leaves no folder
 
 
 @pytest.mark.parametrize("preset", ["quality-x2", "real-x2", "quality-x4"])

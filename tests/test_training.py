@@ -173,7 +173,8 @@ def test_a_window_starts_as_the_single_frame_preset_it_is_initialised_from(tmp_p
     pack = tiny_pack(tmp_path / "pack.npz")
     single = preset_registry.get("quality-x2").card.architecture.as_dict()
     arch = {**single, "window": 3}
-    assert one_frame_of(arch) == single and one_frame_of(single) is None
+    assert one_frame_of(arch) == single and one_frame_of(single) == single
+    assert one_frame_of({**arch, "fusion": "average", "window": 1}) == single  # one frame has no fusion
     train_base(arch, "w3", tmp_path, tmp_path / "run", pack, steps=1, batch=2, patch=32, lr=1e-6, init="quality-x2", trainable=["fuse"])
     step0 = json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[0])
     hr = data.load_pack(pack).validation["waves"]
@@ -181,6 +182,36 @@ def test_a_window_starts_as_the_single_frame_preset_it_is_initialised_from(tmp_p
     with torch.inference_mode():
         expect = clip_psnr(data.quantise(upscale_clip(preset_registry.load_model("quality-x2"), clip)), hr)
     assert step0["step"] == 0 and step0["val_y_psnr"]["waves"] == pytest.approx(expect, abs=1e-3)
+
+
+def test_a_recipe_in_two_stages_starts_its_second_from_the_first_run(tmp_path):
+    """real-x2's recipe: the network one frame at a time (stage 1, `--out RUN`), then its window's average
+    alone (`--init RUN --trainable fuse`): stage 2 keeps stage 1's convolutions exactly; a run folder that
+    is not a finished run, or holds another network, is one line before any work."""
+    from safetensors.torch import load_file
+
+    from hypersr.engine import preset_registry
+    from hypersr.engine.networks import one_frame_of
+    from hypersr.training.train import init_network
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    window = {**preset_registry.get("quality-x2").card.architecture.as_dict(), "window": 3, "fusion": "average"}
+    one = train_base(one_frame_of(window), "one", tmp_path, tmp_path / "one", pack, steps=2, batch=2, patch=32, lr=1e-3, init="quality-x2")
+    arch, state = init_network(str(tmp_path / "one"))
+    assert arch == one_frame_of(window) and all(torch.equal(v, load_file(str(one))[k]) for k, v in state.items())
+    two = load_file(str(train_base(window, "two", tmp_path, tmp_path / "two", pack, steps=2, batch=2, patch=32, lr=1e-3,
+                                   init=str(tmp_path / "one"), trainable=["fuse"])))
+    assert all(torch.equal(two[k], v) for k, v in state.items())  # the convolutions as stage 1 made them
+    assert not torch.equal(two["fuse.strength"], torch.ones_like(two["fuse.strength"]))  # and the average trained
+
+    from helpers import assert_clean_error, run_hypersr
+
+    (tmp_path / "half").mkdir()
+    for init, words in ((tmp_path / "half", ("is not a finished run",)), (tmp_path / "missing", ("is not a finished run",)),
+                        (tmp_path / "one", ("neither fast-x2's",))):
+        proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
+        assert_clean_error(proc, *words)
+        assert not (tmp_path / "run").exists()
 
 
 # --- the training pack -------------------------------------------------------------------------------

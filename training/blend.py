@@ -105,18 +105,19 @@ def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4
         raise HypersrError(f"preset {preset.name} is trained on clean input already; the clean blend is for real-source presets such as real-x2")
     if clean_preset.name == preset.name or clean_preset.card.is_real_source:
         raise HypersrError(f"--clean {clean_preset.name} is not trained on clean input; give {preset.name}'s clean twin, e.g. fast-x2")
-    if clean_preset.card.architecture != preset.card.architecture:
-        raise HypersrError(f"--clean {clean_preset.name}: its network is not {preset.name}'s; the clean blend needs the same architecture")
+    base, clean = preset_registry.load_model(preset, device=device), preset_registry.load_model(clean_preset, device=device)
+    shapes = [{n: layer.weight.shape for n, layer in lora_layers(m).items()} for m in (base, clean)]
+    if shapes[0] != shapes[1]:  # a window whose fusion comes before conv_1 (fusion="average") has the single frame's convolutions
+        raise HypersrError(f"--clean {clean_preset.name}: its convolutions are not {preset.name}'s; the clean blend needs the same network")
     packed = data.load_pack(pack_path)
     check_fits(packed, "--size", size, frames)
-    base = preset_registry.load_model(preset, device=device)
     trained, _ = preset_registry.load_hypernet(preset, base, device=device)
     arch = {**preset.card.hypernet.architecture, "blend": True}
     hypernet = build_hypernet(base, arch).to(device)
     own = hypernet.state_dict()
     own.update({k: v for k, v in trained.state_dict().items() if not k.startswith("blend.")})
     hypernet.load_state_dict(own)
-    hypernet.blend.set_moves(moves(base, preset_registry.load_model(clean_preset, device=device)))
+    hypernet.blend.set_moves(moves(base, clean))
     hypernet.eval()
 
     if measured is None:

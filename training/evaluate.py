@@ -191,30 +191,13 @@ def evaluate_runs(run_dirs: list[Path], clips: dict[str, torch.Tensor], device: 
     presets beside them, on whole validation clips (consecutive frames, so a window sees its true
     neighbours), for architecture experiments and ablations: Y-PSNR per clip (and chain, for "real": the
     training validation's chains; for "chains": bench real's nine) and their means."""
-    import json
-
-    from safetensors.torch import load_file
-
     from ..engine import preset_registry
     from ..engine.degradation import CHAINS, apply
-    from ..engine.networks import build_model, macs_per_lr_pixel
+    from ..engine.networks import macs_per_lr_pixel
     from .degradation import TrainingDegradation
-    from .train import validate
+    from .train import load_run, validate
 
-    networks = []
-    for run in run_dirs:
-        weights = sorted(Path(run).glob("*.safetensors"))
-        if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
-            raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
-                               f"`hypersr train base --out {run}`")
-        try:
-            arch = json.loads((Path(run) / "arch.json").read_text())
-            model = build_model(arch)
-            model.load_state_dict(load_file(str(weights[0])))
-        except Exception as e:  # noqa: BLE001  a malformed arch.json, an unknown network, unreadable or mismatched weights
-            raise HypersrError(f"{run}: its arch.json or {weights[0].name} cannot be read as a network ({type(e).__name__}); "
-                               f"train it again with `hypersr train base --out {run}`") from None
-        networks.append((Path(run).name, arch, model))
+    networks = [(Path(run).name, *load_run(run)) for run in run_dirs]
     networks = [(name, preset_registry.get(name).card.architecture.as_dict(), preset_registry.load_model(name)) for name in presets] + networks
     rows = []
     chained: dict[int, dict] = {}  # per scale: bench real's nine chains, each clip through each the same way every time

@@ -11,6 +11,7 @@ builds (engine/networks/span.py) before any weight is taken.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import tempfile
 import zipfile
@@ -243,10 +244,9 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     preset = preset_registry.get(preset_name) if preset_name else None
     if install and preset is None:
         raise HypersrError("--install needs --preset: the preset whose weights these become")
-    if out is None:  # the default folder is made; one the user names must exist
-        out = Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
-        out.parent.mkdir(parents=True, exist_ok=True)
-    check_output(out, *(preset.files() if preset else []))  # never over a preset's own card or weights
+    run = out is None  # the default folder is made (once the files are read), as a finished run (`bench runs`, `train base --init`)
+    if not run:  # one the user names must exist
+        check_output(out, *(preset.files() if preset else []))  # never over a preset's own card or weights
     param, weights, provenance = official_files(model, source)
     arch, state = read_span(param, weights, (f"{model}.param", f"{model}.bin"))
     target = arch
@@ -263,7 +263,15 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
 
     # The official convolution weights are fp16: kept so, exactly (half the file); biases and fusion stay fp32.
     tensors = {k: v.half() if v.dim() == 4 and torch.equal(v.half().float(), v) else v for k, v in tensors.items()}
+    if run:
+        out = Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise HypersrError(f"cannot make the folder {out.parent} ({e.strerror}); give -o FILE") from None
     atomic_write(out, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, tmp))
+    if run:
+        atomic_write(out.parent / "arch.json", lambda tmp: Path(tmp).write_text(json.dumps(target) + "\n"))
     if install:
         from .cards import install_weights, update_card
 

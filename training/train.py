@@ -177,6 +177,34 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
     return steps
 
 
+def load_run(run: Path) -> tuple[dict, torch.nn.Module]:
+    """A finished training run's architecture and network (`hypersr train base --out DIR`: DIR/arch.json and
+    DIR/NAME.safetensors)."""
+    weights = sorted(Path(run).glob("*.safetensors"))
+    if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
+        raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
+                           f"`hypersr train base --out {run}`")
+    try:
+        arch = json.loads((Path(run) / "arch.json").read_text())
+        model = build_model(arch)
+        model.load_state_dict(load_file(str(weights[0])))
+    except Exception as e:  # noqa: BLE001  a malformed arch.json, an unknown network, unreadable or mismatched weights
+        raise HypersrError(f"{run}: its arch.json or {weights[0].name} cannot be read as a network ({type(e).__name__}); "
+                           f"train it again with `hypersr train base --out {run}`") from None
+    return arch, model
+
+
+def init_network(init: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """What `--init` names, a preset or a finished run's folder (a recipe's earlier stage), as its architecture
+    and weights."""
+    from ..engine import preset_registry
+
+    if Path(init).is_dir() or "/" in init:
+        arch, model = load_run(Path(init))
+        return arch, model.state_dict()
+    return preset_registry.get(init).card.architecture.as_dict(), preset_registry.load_model(init).state_dict()
+
+
 def train_base(
     arch: dict,
     name: str,
@@ -199,8 +227,9 @@ def train_base(
     bf16: bool = False,
     clip_grad: float | None = None,
 ) -> Path:
-    """Train a base network. init: a preset whose weights the run starts from (same architecture, e.g. a
-    real-source preset fine-tuned from its clean counterpart; or the backbone's, e.g. vsrt from SPAN). trainable: the names of the parameters to
+    """Train a base network. init: a preset or a finished run (init_network) whose weights the run starts from (same
+    architecture, e.g. a real-source preset fine-tuned from its clean counterpart; the backbone's, e.g. vsrt from SPAN;
+    or the same network one frame at a time, a window's start). trainable: the names of the parameters to
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all). bf16: the network's
     forward in bf16 autocast (mixed precision: weights, optimiser, loss and validation stay fp32). clip_grad: the
     gradients' largest norm (None: unclipped)."""
@@ -222,10 +251,9 @@ def train_base(
 
     model = build_model(arch).to(device)
     if init:  # the same network, the pretrained backbone inside this one (vsrt's SPAN), or it one frame at a time
-        from ..engine import preset_registry
         from .span_import import for_window
 
-        init_arch, state = preset_registry.get(init).card.architecture.as_dict(), preset_registry.load_model(init).state_dict()
+        init_arch, state = init_network(init)
         if init_arch == arch:
             model.load_state_dict(state)
         elif init_arch == one_frame_of(arch):

@@ -42,9 +42,10 @@ def backbone_of(arch: dict) -> dict | None:
 
 
 def one_frame_of(arch: dict) -> dict | None:
-    """The architecture entry of the same network reading one frame, when `arch` is a span window (its
-    per-frame conv and fusion start from those weights: span_import.for_window), or None."""
-    if arch.get("type") != "span" or arch.get("window", 1) == 1:
+    """The architecture entry of the same network reading one frame, when `arch` is a span network (a window's
+    per-frame conv and fusion start from those weights: span_import.for_window), or None. One frame has no
+    fusion: the entry leaves out the fusion's keys."""
+    if arch.get("type") != "span":
         return None
     return {k: v for k, v in arch.items() if k not in ("fuse_kernel", "fusion")} | {"window": 1}
 
