@@ -24,13 +24,23 @@ def cmd_train_base(args) -> None:
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
     hp = preset.card.hyperparameters
-    for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank", "clip_grad"):
-        if getattr(args, key) is not None:
-            hp[key] = getattr(args, key)
+    given = [key for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank", "clip_grad")
+             if getattr(args, key) is not None]
+    hp.update({key: getattr(args, key) for key in given})
     if args.bf16 is not None:
         hp["bf16"] = args.bf16
-    if "all" in (hp.get("trainable") or []) or hp.get("clip_grad") == 0:  # what the card says, undone (a recipe's earlier stage)
-        hp = {k: v for k, v in hp.items() if not (k == "trainable" and "all" in v or k == "clip_grad" and v == 0)}
+    if "all" in (hp.get("trainable") or []):  # what the card says, undone (a recipe's earlier stage)
+        if len(hp["trainable"]) > 1:
+            raise HypersrError("--trainable all trains every weight: give it alone, or only the prefixes to train")
+        del hp["trainable"]
+    if hp.get("clip_grad") == 0:  # --no-clip-grad
+        del hp["clip_grad"]
+    from_card = {k: hp[k] for k in ("init", "trainable", "lr", "steps", "clip_grad") if k in hp and k not in given}
+    if hp.get("bf16") and args.bf16 is None:
+        from_card["bf16"] = "on"
+    if from_card:  # a card's defaults may be a recipe's later stage: say which are in force
+        shown = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in from_card.items())
+        print(f"train base {preset.name}, from its card: {shown} (the options override them)", file=sys.stderr)
     if hp.get("bf16") and args.device == "cpu":
         from ..engine.backends import native_bf16
 
@@ -45,10 +55,18 @@ def cmd_train_base(args) -> None:
         build_model(arch)  # a wrong --arch is one line, before the run folder is made
     except (ValueError, TypeError) as e:
         raise HypersrError(f"--arch: hypersr cannot build {arch} ({e})") from None
-    if hp.get("init") and init_network(hp["init"])[0] not in (arch, backbone_of(arch), one_frame_of(arch)):
-        raise HypersrError(f"--init {hp['init']}: its network is neither {preset.name}'s, nor its backbone, nor the same network one frame at a time "
-                           f"({'with --arch' if args.arch else 'another architecture'}); start from a preset or run with the same architecture")
     out = args.out = Path(args.out or f"runs/{preset.name}")
+    if init := hp.get("init"):
+        if "init" not in given and "/" in init and not Path(init).is_dir():  # the card's earlier stage, not made here yet
+            records = [r for r in preset.card.training.values() if isinstance(r, dict)]
+            stage = next((r["command"] for r in records if f"--out {init}" in r.get("command", "")), None)
+            raise HypersrError(f"{preset.name}'s card starts from the run {init}, which is not here: "
+                               + (f"make it first with `{stage}`" if stage else "give --init"))
+        if Path(init).resolve() == out.resolve():
+            raise HypersrError(f"--init {init} is the run folder this run would write (--out {out}): give another --out")
+        if init_network(init)[0] not in (arch, backbone_of(arch), one_frame_of(arch)):
+            raise HypersrError(f"--init {init}: its network is neither {preset.name}'s, nor its backbone, nor the same network one frame at a time "
+                               f"({'with --arch' if args.arch else 'another architecture'}); start from a preset or run with the same architecture")
     t0 = time.time()
     if args.install and arch != preset.card.architecture.as_dict():
         raise HypersrError("--install with --arch would make the card lie; change the card's architecture instead")
@@ -109,7 +127,10 @@ def cmd_train_blend(args) -> None:
 
     args.device = str(resolve_device(args.device))  # a bad one is one line, before any work
     preset = preset_registry.get(args.preset)
-    clean = preset_registry.get(args.clean or preset.card.clean_twin or "fast-x2")
+    twin = args.clean or preset.card.clean_twin
+    if twin is None and preset.card.is_real_source:
+        raise HypersrError(f"preset {preset.name}'s card names no clean twin; give --clean PRESET (the same network trained on clean input)")
+    clean = preset_registry.get(twin or preset.name)  # a clean preset's own name: fit_blend says why it takes no blend
     if not preset.card.has_hypernet:
         raise HypersrError(f"preset {preset.name} has no trained hypernet to add a clean blend to; "
                            f"`hypersr train hypernet --preset {preset.name}` first")
@@ -224,7 +245,7 @@ def add_commands(sub) -> None:
     th.set_defaults(func=cmd_train_hypernet)
     tl = training_parser(train, "blend", "fit how far each clip's LoRA moves a real-source preset toward its clean twin",
                          "runs/PRESET-blend")
-    tl.add_argument("--clean", metavar="PRESET", help="the same network trained on clean input (default: the preset it was fine-tuned from)")
+    tl.add_argument("--clean", metavar="PRESET", help="the same network trained on clean input (default: the card's clean_twin)")
     tl.add_argument("--clips", type=int, default=600, help="sampled training clips to fit on (default %(default)s)")
     tl.add_argument("--measured", type=Path, metavar="FILE",
                     help="refit on the measurements of an earlier run (its measured.safetensors) instead of measuring again")

@@ -84,11 +84,9 @@ class ModelCard:
 
     @property
     def clean_twin(self) -> str | None:
-        """A real-source preset's clean twin, the preset its clean blend moves toward: the one the blend was fitted
-        with, else the preset its weights were fine-tuned from (None: neither)."""
-        fitted = self.raw.get("hypernet", {}).get("blend", {}).get("clean_preset")
-        init = self.hyperparameters.get("init")
-        return fitted or (init if isinstance(init, str) and "/" not in init else None)
+        """A real-source preset's clean twin, the preset its clean blend moves toward (the same convolutions
+        trained on clean input), as the card names it; None where it names none."""
+        return self.raw.get("clean_twin")
 
     @classmethod
     def from_dict(cls, card: Any, where: str | Path = "the model card") -> ModelCard:

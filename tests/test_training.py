@@ -150,7 +150,7 @@ def test_train_base_refuses_an_init_of_another_network(tmp_path):
     from helpers import assert_clean_error, run_hypersr
 
     pack = tiny_pack(tmp_path / "pack.npz")
-    for init, words in (("vsrt-x2", ("neither fast-x2's", "nor its backbone")), ("nope", ("unknown preset",))):
+    for init, words in (("vsrt-x2", ("neither fast-x2's", "nor its backbone")), ("nope", ("no preset and no run folder",))):
         proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()
@@ -207,11 +207,43 @@ def test_a_recipe_in_two_stages_starts_its_second_from_the_first_run(tmp_path):
     from helpers import assert_clean_error, run_hypersr
 
     (tmp_path / "half").mkdir()
-    for init, words in ((tmp_path / "half", ("is not a finished run",)), (tmp_path / "missing", ("is not a finished run",)),
+    for init, words in ((tmp_path / "half", ("is not a finished run",)), (tmp_path / "missing", ("no such run folder",)),
+                        (one, ("no such run folder", "not a file")), ("nope", ("no preset and no run folder", "fast-x2")),
                         (tmp_path / "one", ("neither fast-x2's",))):
         proc = run_hypersr("train", "base", "--preset", "fast-x2", "--pack", pack, "--init", init, "--out", tmp_path / "run")
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()
+    for options, words in ((("--init", tmp_path / "one", "--out", tmp_path / "one"), ("--init", "would write", "another --out")),
+                           (("--trainable", "all", "--trainable", "fuse"), ("all", "alone"))):
+        assert_clean_error(run_hypersr("train", "base", "--preset", "real-x2", "--pack", pack, "--no-bf16", *options), *words)
+    assert all(torch.equal(load_file(str(one))[k], v) for k, v in state.items())  # stage 1 untouched
+    assert json.loads((tmp_path / "one" / "arch.json").read_text()) == one_frame_of(window)
+    # real-x2's card starts stage 2 from runs/real-x2-one-frame: where that is not made yet, the line says how
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = run_hypersr("train", "base", "--preset", "real-x2", "--pack", pack, "--no-bf16", cwd=elsewhere)
+    assert_clean_error(proc, "runs/real-x2-one-frame", "make it first", "--arch window=1")
+    assert not (elsewhere / "runs").exists()
+
+
+def test_train_base_cli_runs_a_cards_earlier_stage(tmp_path):
+    """Stage 1 of real-x2 from the command line: `--arch window=1` drops the fusion, `--trainable all` and
+    `--no-clip-grad` undo the card's stage-2 settings; stage 2 then starts from that run (--init RUN)."""
+    from helpers import run_hypersr
+
+    pack = tiny_pack(tmp_path / "pack.npz")
+    common = ("--pack", pack, "--steps", "1", "--batch", "2", "--patch", "32", "--bank", "16", "--val-every", "1", "--no-bf16")
+    proc = run_hypersr("train", "base", "--preset", "real-x2", "--arch", "window=1", "--init", "quality-x2", "--trainable", "all",
+                       "--lr", "1e-5", "--no-clip-grad", "--out", tmp_path / "one", *common)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert json.loads((tmp_path / "one" / "arch.json").read_text()) == {"type": "span", "scale": 2, "window": 1, "channels": 48, "blocks": 6}
+    config = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["config"]
+    assert config["trainable"] is None and "clip_grad" not in config and config["init"] == "quality-x2"
+    proc = run_hypersr("train", "base", "--preset", "real-x2", "--init", tmp_path / "one", "--out", tmp_path / "two", *common)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert "from its card: trainable fuse, lr 0.005, clip_grad 1.0" in proc.stderr.decode()
+    config = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)["config"]
+    assert config["trainable"] == ["fuse"] and config["arch"]["fusion"] == "average" and config["init"] == str(tmp_path / "one")
 
 
 # --- the training pack -------------------------------------------------------------------------------

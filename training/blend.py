@@ -104,7 +104,7 @@ def fit_blend(preset, clean_preset, pack_path, clips: int = 600, frames: int = 4
     if not preset.card.is_real_source:
         raise HypersrError(f"preset {preset.name} is trained on clean input already; the clean blend is for real-source presets such as real-x2")
     if clean_preset.name == preset.name or clean_preset.card.is_real_source:
-        raise HypersrError(f"--clean {clean_preset.name} is not trained on clean input; give {preset.name}'s clean twin, e.g. fast-x2")
+        raise HypersrError(f"--clean {clean_preset.name} is not trained on clean input; give {preset.name}'s clean twin, e.g. quality-x2")
     base, clean = preset_registry.load_model(preset, device=device), preset_registry.load_model(clean_preset, device=device)
     shapes = [{n: layer.weight.shape for n, layer in lora_layers(m).items()} for m in (base, clean)]
     if shapes[0] != shapes[1]:  # a window whose fusion comes before conv_1 (fusion="average") has the single frame's convolutions

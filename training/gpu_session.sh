@@ -15,14 +15,16 @@
 # Each preset is trained with --install on the device's copy of the tree, so its card records the GPU, the
 # steps made and the command; $OUT brings back the card and the weights. If the log shows a gain, copy both
 # into presets/ here, retrain the preset's hypernet for the new base (`hypersr train hypernet --preset
-# real-x2 --install`), re-run the benchmarks for the cards' scores, and commit them with the logs' numbers.
+# real-x2 --install`, then its clean blend: `hypersr train blend --preset real-x2 --install`), re-run the
+# benchmarks for the cards' scores, and commit them with the logs' numbers. The card then records the GPU
+# run's command as its recipe (every weight from the installed real-x2): keep its two-stage recipe beside it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-}
 GPU=.gpu
 PRESETS=(real-x2 vsrt-x2)
 # real-x2's card defaults are its second stage (the window's average alone, at 5e-3): a longer run trains every weight at stage 1's rate
-EXTRA=("--trainable all --lr 1e-4 --clip-grad 1" "")
+EXTRA=("--trainable all --lr 1e-4 --clip-grad 1 --no-bf16" "")
 
 case "$MODE" in
 prepare)

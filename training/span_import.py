@@ -264,7 +264,7 @@ def import_span(model: str, source: Path | None, preset_name: str | None, out: P
     # The official convolution weights are fp16: kept so, exactly (half the file); biases and fusion stay fp32.
     tensors = {k: v.half() if v.dim() == 4 and torch.equal(v.half().float(), v) else v for k, v in tensors.items()}
     if run:
-        out = Path(f"runs/import-{model}") / f"{preset.name if preset else model}.safetensors"
+        out = Path(f"runs/import-{model}" + (f"-{preset.name}" if preset else "")) / f"{preset.name if preset else model}.safetensors"
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as e:

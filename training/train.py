@@ -180,6 +180,9 @@ def training_loop(out: Path, desc: str, trained, params, opt, sched, rng, device
 def load_run(run: Path) -> tuple[dict, torch.nn.Module]:
     """A finished training run's architecture and network (`hypersr train base --out DIR`: DIR/arch.json and
     DIR/NAME.safetensors)."""
+    if not Path(run).is_dir():
+        raise HypersrError(f"{run}: no such run folder; give the --out folder of a finished `hypersr train base`" +
+                           (", not a file in it" if Path(run).is_file() else ""))
     weights = sorted(Path(run).glob("*.safetensors"))
     if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
         raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
@@ -195,14 +198,17 @@ def load_run(run: Path) -> tuple[dict, torch.nn.Module]:
 
 
 def init_network(init: str) -> tuple[dict, dict[str, torch.Tensor]]:
-    """What `--init` names, a preset or a finished run's folder (a recipe's earlier stage), as its architecture
-    and weights."""
+    """What `--init` names, as its architecture and weights: a preset, or a finished run's folder (a recipe's
+    earlier stage): a path, or a folder named unlike any preset."""
     from ..engine import preset_registry
 
-    if Path(init).is_dir() or "/" in init:
-        arch, model = load_run(Path(init))
-        return arch, model.state_dict()
-    return preset_registry.get(init).card.architecture.as_dict(), preset_registry.load_model(init).state_dict()
+    init = str(init)
+    if "/" not in init and init in preset_registry.available():
+        return preset_registry.get(init).card.architecture.as_dict(), preset_registry.load_model(init).state_dict()
+    if "/" not in init and not Path(init).exists():
+        raise HypersrError(f"--init {init}: no preset and no run folder of that name; presets: {', '.join(preset_registry.available())}")
+    arch, model = load_run(Path(init))
+    return arch, model.state_dict()
 
 
 def train_base(
@@ -238,6 +244,7 @@ def train_base(
     if trainable and not any(n.startswith(tuple(trainable)) for n, _ in build_model(arch).named_parameters()):
         raise HypersrError(f"--trainable {' '.join(trainable)}: no parameter of the network is named so; "
                            f"its names start with {', '.join(sorted({n.split('.')[0] for n, _ in build_model(arch).named_parameters()}))}")
+    start = init_network(init) if init else None  # before arch.json: --init may name a run folder
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
@@ -250,10 +257,10 @@ def train_base(
     val_inputs = validation_inputs(val, scale, degrade)  # once: a real chain runs an encoder over every clip
 
     model = build_model(arch).to(device)
-    if init:  # the same network, the pretrained backbone inside this one (vsrt's SPAN), or it one frame at a time
+    if start:  # the same network, the pretrained backbone inside this one (vsrt's SPAN), or it one frame at a time
         from .span_import import for_window
 
-        init_arch, state = init_network(init)
+        init_arch, state = start
         if init_arch == arch:
             model.load_state_dict(state)
         elif init_arch == one_frame_of(arch):

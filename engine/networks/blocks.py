@@ -12,16 +12,18 @@ from ..lora import LoRAConv2d
 # Immerkaer's noise kernel: the second differences cancel smooth shading; its gain on white noise is 6
 NOISE_KERNEL = torch.tensor([[1.0, -2.0, 1.0], [-2.0, 4.0, -2.0], [1.0, -2.0, 1.0]]).view(1, 1, 3, 3)
 LUMA = (0.299, 0.587, 0.114)
+SIGMA_GRID = (60, 128)  # 7,680 responses: their median is TopK's k = 3,840, TensorRT's largest
 
 
 def noise_sigma(frames: torch.Tensor) -> torch.Tensor:
     """Frames [B, 3, H, W] (0..1) -> each one's noise sigma [B], from the median absolute response of Immerkaer's
     kernel on its luma (the median ignores edges and texture)."""
     y = (frames * frames.new_tensor(LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    response = F.conv2d(y, NOISE_KERNEL.to(y)).abs().flatten(1)
-    # the lower median, as torch.median gives it, as the largest of the smaller half: ONNX has no median
-    # (TensorRT's TopK takes k <= 3840: there it would need a subsample; untested, no preset uses it yet)
-    median = response.topk((response.shape[1] + 1) // 2, dim=1, largest=False, sorted=False).values.amax(1)
+    response = F.conv2d(y, NOISE_KERNEL.to(y)).abs()
+    # The lower median, as the largest of the smaller half (ONNX has no median), of the responses on a fixed
+    # grid (nearest): its k is a constant that TensorRT's TopK takes (k <= 3840) at every frame size.
+    grid = F.interpolate(response, size=SIGMA_GRID, mode="nearest").flatten(1)
+    median = grid.topk(grid.shape[1] // 2, dim=1, largest=False, sorted=False).values.amax(1)
     return median / 0.6745 / 6.0
 
 
