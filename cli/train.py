@@ -27,6 +27,8 @@ def cmd_train_base(args) -> None:
     given = [key for key in ("steps", "batch", "patch", "lr", "seed", "val_every", "init", "trainable", "bank", "clip_grad")
              if getattr(args, key) is not None]
     hp.update({key: getattr(args, key) for key in given})
+    if args.init is not None and not args.init.strip():
+        raise HypersrError("--init is empty: give a preset's name or a finished run's folder")
     if args.bf16 is not None:
         hp["bf16"] = args.bf16
     if "all" in (hp.get("trainable") or []):  # what the card says, undone (a recipe's earlier stage)

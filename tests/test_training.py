@@ -214,6 +214,7 @@ def test_a_recipe_in_two_stages_starts_its_second_from_the_first_run(tmp_path):
         assert_clean_error(proc, *words)
         assert not (tmp_path / "run").exists()
     for options, words in ((("--init", tmp_path / "one", "--out", tmp_path / "one"), ("--init", "would write", "another --out")),
+                           (("--init", ""), ("--init is empty",)),
                            (("--trainable", "all", "--trainable", "fuse"), ("all", "alone"))):
         assert_clean_error(run_hypersr("train", "base", "--preset", "real-x2", "--pack", pack, "--no-bf16", *options), *words)
     assert all(torch.equal(load_file(str(one))[k], v) for k, v in state.items())  # stage 1 untouched

@@ -185,8 +185,8 @@ def load_run(run: Path) -> tuple[dict, torch.nn.Module]:
                            (", not a file in it" if Path(run).is_file() else ""))
     weights = sorted(Path(run).glob("*.safetensors"))
     if not (Path(run) / "arch.json").is_file() or len(weights) != 1:
-        raise HypersrError(f"{run} is not a finished run (it needs arch.json and one NAME.safetensors); finish it with "
-                           f"`hypersr train base --out {run}`")
+        raise HypersrError(f"{run} is not a finished run: a run folder holds arch.json and one NAME.safetensors, as "
+                           "`hypersr train base --out FOLDER` leaves it (a stopped run finishes with the same command)")
     try:
         arch = json.loads((Path(run) / "arch.json").read_text())
         model = build_model(arch)
