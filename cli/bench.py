@@ -287,7 +287,7 @@ def cmd_bench_window(args) -> None:
 
     if args.real:
         chains, preset = real_chains(args.chain), x2_only(args.preset or "real-x2", "bench window --real")
-        single_frame_network(preset, "real-x2")  # refused before the clips are fetched
+        single_frame_network(preset, "quality-x2")  # refused before the clips are fetched
         t0 = time.time()
         print(prefilter_oracle_table(prefilter_oracle(preset, validation_clips(args.data_dir, args.clips), chains, args.frames)))
         print(f"({time.time() - t0:.0f} s; the validation clips' frames 1..{args.frames - 2}, each chain as bench real's, "

@@ -40,9 +40,8 @@ def cmd_train_base(args) -> None:
     from_card = {k: hp[k] for k in ("init", "trainable", "lr", "steps", "clip_grad") if k in hp and k not in given}
     if hp.get("bf16") and args.bf16 is None:
         from_card["bf16"] = "on"
-    if from_card:  # a card's defaults may be a recipe's later stage: say which are in force
-        shown = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in from_card.items())
-        print(f"train base {preset.name}, from its card: {shown} (the options override them)", file=sys.stderr)
+    shown = ", ".join(f"{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in from_card.items())
+    note = f"train base {preset.name}, from its card: {shown} (the options override them)" if from_card else None
     if hp.get("bf16") and args.device == "cpu":
         from ..engine.backends import native_bf16
 
@@ -72,8 +71,8 @@ def cmd_train_base(args) -> None:
     t0 = time.time()
     if args.install and arch != preset.card.architecture.as_dict():
         raise HypersrError("--install with --arch would make the card lie; change the card's architecture instead")
-    weights = train_base(arch, preset.name, args.data_dir, out, args.pack,
-                         preset.card.degradation, device=args.device, max_minutes=args.max_minutes, **hp)
+    weights = train_base(arch, preset.name, args.data_dir, out, args.pack,  # note: a card's defaults may be a recipe's later stage
+                         preset.card.degradation, device=args.device, max_minutes=args.max_minutes, note=note, **hp)
     if args.install:
         from ..training import cards
 

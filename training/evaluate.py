@@ -230,13 +230,22 @@ PANS = ((2, 0), (1, 0), (0, 1), (1, 1), (3, 1))  # HR pixels per frame; (2, 0) m
 
 
 def single_frame_network(preset: str, example: str) -> tuple[int, torch.nn.Module]:
-    """(scale, network) of a preset that reads one frame, the per-frame network of the window oracles."""
+    """(scale, network) of a preset read one frame at a time, the per-frame network of the window oracles: a
+    single-frame preset, or one whose window averages its input frames before the single frame's convolutions
+    (real-x2: its one-frame network)."""
+    from ..engine.networks import build_model, one_frame_of
     from ..engine.preset_registry import get, load_model
 
-    scale, model = get(preset).scale, load_model(preset).eval()
+    p = get(preset)
+    model = load_model(p).eval()
     if model.window != 1:
-        raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. {example}) as the per-frame network")
-    return scale, model
+        arch = p.card.architecture.as_dict()
+        if arch.get("fusion") != "average":
+            raise HypersrError(f"{preset} reads a window itself; give a single-frame preset (e.g. {example}) as the per-frame network")
+        single = build_model(one_frame_of(arch))
+        single.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fuse.")})
+        model = single.eval()
+    return p.scale, model
 
 
 def window_oracle(preset: str, scenes: np.ndarray, pans=PANS, frames: int = 5, patch: int = 128, seed: int = 0) -> list[dict]:
@@ -326,7 +335,7 @@ def prefilter_oracle(preset: str, clips: dict[str, torch.Tensor], chains: list[s
     Per chain and clip: Y-PSNR of the preset on the frames as they are, and the gain of each k."""
     from ..engine.degradation import CHAINS, apply
 
-    scale, model = single_frame_network(preset, "real-x2")
+    scale, model = single_frame_network(preset, "quality-x2")
     rows = []
     for name, hr in clips.items():
         hr = hr[:frames]

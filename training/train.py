@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -232,19 +233,22 @@ def train_base(
     max_minutes: float | None = None,
     bf16: bool = False,
     clip_grad: float | None = None,
+    note: str | None = None,
 ) -> Path:
     """Train a base network. init: a preset or a finished run (init_network) whose weights the run starts from (same
     architecture, e.g. a real-source preset fine-tuned from its clean counterpart; the backbone's, e.g. vsrt from SPAN;
     or the same network one frame at a time, a window's start). trainable: the names of the parameters to
     train (prefixes, e.g. ["conv_1", "fuse"]); the rest stay as init made them (None: all). bf16: the network's
     forward in bf16 autocast (mixed precision: weights, optimiser, loss and validation stay fp32). clip_grad: the
-    gradients' largest norm (None: unclipped)."""
+    gradients' largest norm (None: unclipped). note: a line for stderr once the run's checks pass."""
     packed = data.load_pack(pack or data_dir / "train-pack.npz")
     check_fits(packed, "--patch", patch, arch["window"])
     if trainable and not any(n.startswith(tuple(trainable)) for n, _ in build_model(arch).named_parameters()):
         raise HypersrError(f"--trainable {' '.join(trainable)}: no parameter of the network is named so; "
                            f"its names start with {', '.join(sorted({n.split('.')[0] for n, _ in build_model(arch).named_parameters()}))}")
     start = init_network(init) if init else None  # before arch.json: --init may name a run folder
+    if note:  # once every check has passed, so that a refusal stays one line
+        print(note, file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     (out / "arch.json").write_text(json.dumps(arch) + "\n")  # what `hypersr bench runs` rebuilds the network from
     torch.manual_seed(seed)
