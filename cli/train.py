@@ -78,7 +78,8 @@ def cmd_train_base(args) -> None:
 
         pack = args.pack or args.data_dir / "train-pack.npz"
         data = cards.PACK_DATA + (cards.REAL_WINDOWS.format(bank=hp.get("bank", 4096)) if preset.card.is_real_source else "")
-        if hp.get("init") and (run := Path(hp["init"])).is_dir():  # a recipe's earlier stage: which weights it made
+        if hp.get("init") and hp["init"] not in preset_registry.available():  # a run folder, a recipe's earlier stage: its weights
+            run = Path(hp["init"])
             data += f"; started from the run {hp['init']} (weights sha256 {sha256_file(next(run.glob('*.safetensors')))[:16]})"
         cards.install_weights(preset, weights, cards.training_record(args.device, hp, pack, t0, data, out))
         print(f"installed {weights} as preset {preset.name}", file=sys.stderr)
