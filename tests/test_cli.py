@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import subprocess
 
@@ -71,11 +72,19 @@ def test_two_pass_recipe_between_real_ffmpeg_processes(tmp_path):
     video = probe(out)[0]
     assert (video["width"], video["height"], video["pix_fmt"], video["frames"]) == (320, 192, "yuv420p10le", 12)
     assert load_lora(lora).made_by["frames"] == 12
-    # the LoRA changed the video: the same pipe without it differs
-    plain = subprocess.run(["bash", "-o", "pipefail", "-c", f"{decode} | {HYPERSR} upscale - -o - -q"], capture_output=True, timeout=300).stdout
-    with_lora = subprocess.run(["bash", "-o", "pipefail", "-c", f"{decode} | {HYPERSR} upscale - --lora {lora} -o - -q"],
-                               capture_output=True, timeout=300).stdout
-    assert len(plain) == len(with_lora) and plain != with_lora
+    # the pipe applies the LoRA: at full strength it changes the video (pass one's check may have set this clip's
+    # LoRA to strength 0, the base unchanged, which then reproduces the plain pipe exactly)
+    made = load_lora(lora)
+    full = tmp_path / "full.lora"
+    save_lora(dataclasses.replace(made, strength=1.0), full)
+
+    def pipe(extra: str) -> bytes:
+        cmd = f"{decode} | {HYPERSR} upscale - {extra} -o - -q"
+        return subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, timeout=300).stdout
+
+    plain, with_lora, with_full = pipe(""), pipe(f"--lora {lora}"), pipe(f"--lora {full}")
+    assert len(plain) == len(with_lora) == len(with_full) and plain != with_full
+    assert (with_lora == plain) == (made.strength == 0)
 
 
 def test_video_file_input(tmp_path):
