@@ -143,7 +143,7 @@ def checked_source_kind(preset, refine: int, source_kind, measure_refused_refine
         raise HypersrError(f"preset {p.name} refines only for a declared kind of source: add --source-kind with one of {', '.join(taken)} "
                            "(what the source went through; `hypersr analyse --help` says what each means)")
     if refine and source_kind not in (None, *taken) and not measure_refused_refine:
-        raise HypersrError(f"preset {p.name} does not refine for {source_kind} sources: it was measured to make them worse "
+        raise HypersrError(f"preset {p.name} does not refine for {source_kind} sources: measured, it made them worse or gained nothing "
                            f"(README, Real sources); it refines for {', '.join(taken)}; run pass one without --refine")
     return source_kind or "clean"
 

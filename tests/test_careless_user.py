@@ -394,7 +394,7 @@ def test_refine_on_a_preset_that_refuses_it_is_refused_before_any_work(work, tmp
 @pytest.mark.parametrize("args, words", [
     (("--preset", "real-x2", "--refine", "5"), ("real-x2 refines only for a declared kind of source", "--source-kind", "aliased")),
     (("--preset", "real-x2", "--refine", "5", "--source-kind", "mjpeg"), ("does not refine for mjpeg sources", "without --refine")),
-    (("--preset", "real-x2", "--refine", "5", "--source-kind", "clean"), ("does not refine for clean sources", "measured to make them worse")),
+    (("--preset", "real-x2", "--refine", "5", "--source-kind", "blur-noise"), ("does not refine for blur-noise sources", "made them worse")),
     (("--preset", "real-x2", "--source-kind", "h264"), ("steers --refine only", "--refine N")),
     (("--preset", "real-x2", "--refine", "5", "--source-kind", "vhs"), ("source kind must be one of", "blur-noise", "'vhs'")),
     (("--refine", "5", "--source-kind", "mpeg2"), ("fast-x2 was trained on clean sources", "real-x2")),

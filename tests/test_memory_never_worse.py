@@ -18,7 +18,8 @@ ALLOWED_LOSS_DB = 0.1
 WITH_HYPERNET = [n for n in preset_registry.available() if preset_registry.get(n).card.has_hypernet]
 REFINE = 10  # the setting the README recommends
 WITH_REFINE = [n for n in WITH_HYPERNET if not preset_registry.get(n).card.refine_refused]
-KIND_CHAIN = {"clean": deg.CHAINS["bi"], "aliased": deg.CHAINS["point-h264"]}  # a chain of each kind a preset may refine for
+KIND_CHAIN = {"clean": "bi", "aliased": "point-h264", "h264": "h264-crf23", "mpeg2": "mpeg2-q8", "mjpeg": "mjpeg-q6",
+              "blur-noise": "blur-noise"}  # a chain of each kind a preset may refine for
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,7 @@ def clips():
 def test_every_preset_with_a_memory_is_listed():
     assert {"fast-x2", "quality-x2", "real-x2"} <= set(WITH_HYPERNET)
     assert "fast-x2" in WITH_REFINE  # the refine tests below must not all fall away
+    assert all(deg.kind_of(deg.CHAINS[chain]) == kind for kind, chain in KIND_CHAIN.items()) and set(KIND_CHAIN) == set(deg.SOURCE_KINDS)
 
 
 
@@ -55,16 +57,17 @@ def test_refined_memory_is_never_worse_than_the_base_on_every_chain(preset, clip
     assert_never_worse_on_every_chain(preset, clips, refine=REFINE)
 
 
-MEMORY_TEST_CASES = [(n, 0) for n in WITH_HYPERNET] + [(n, REFINE) for n in WITH_REFINE]
+MEMORY_TEST_CASES = ([(n, 0, None) for n in WITH_HYPERNET]
+                     + [(n, REFINE, kind) for n in WITH_REFINE for kind in (preset_registry.get(n).card.refine_kinds or [None])])
 
 
-@pytest.mark.parametrize(("preset", "refine"), MEMORY_TEST_CASES)
-def test_memory_test_clips_are_never_worse_than_the_base(preset, refine, clips):
+@pytest.mark.parametrize(("preset", "refine", "kind"), MEMORY_TEST_CASES)
+def test_memory_test_clips_are_never_worse_than_the_base(preset, refine, kind, clips):
     """`analyse` (and `analyse --refine 10` where the preset takes it) on memory-test clips (a close-up, then
     two distant shots of one scene, as `bench memory` makes them) built from a frame of each validation clip
     and from that frame low-passed to half its resolution (smooth content, like the memory test's wallpapers),
-    BI-degraded and 8-bit (refined on a real-source preset: degraded the way of the first source kind it
-    refines for, and that kind declared): the distant shots with the LoRA score at least the base alone minus
+    BI-degraded and 8-bit (refined on a real-source preset: degraded by a chain of each source kind it refines
+    for, and that kind declared): the distant shots with the LoRA score at least the base alone minus
     0.1 dB. (Refine once lost up to 4.7 dB on such clips: its self-supervised inputs were not quantised, the
     clip's LR frames are. The hypernet alone once lost 0.15 dB on the smooth frames, 0.94 on a memory-test
     still, where the safety check kept strength 1 unless it saw more than 0.2 dB of harm.)"""
@@ -82,16 +85,16 @@ def test_memory_test_clips_are_never_worse_than_the_base(preset, refine, clips):
     for name, frame in frames.items():
         clip = multi_shot_clip(frame, np.random.default_rng(0), frames=3 * shot, size=32 * p.scale * 2, shots=3, distant=(0.35, 0.55),
                                closeup_first=True)
-        if refine and p.card.is_real_source:  # refined for a kind it takes, the clip degraded that way (point-sampled for aliased)
-            kind = p.card.refine_kinds[0]
-            lr = deg.apply(clip.frames, p.scale, KIND_CHAIN[kind], np.random.default_rng(0))
+        if kind is not None:  # a real-source preset refined for a kind it takes, the clip degraded that way
+            lr = deg.apply(clip.frames, p.scale, deg.CHAINS[KIND_CHAIN[kind]], np.random.default_rng(0))
         else:
-            kind, lr = None, data.degrade_bi(clip.frames, p.scale)
+            lr = data.degrade_bi(clip.frames, p.scale)
         lora = analyse_frames(lr.numpy(), preset, refine=refine, source_kind=kind)
         base = bench_memory.score_shots(preset, lr[shot:], clip.frames[shot:], shot, None)
         gains[name] = bench_memory.score_shots(preset, lr[shot:], clip.frames[shot:], shot, lora) - base
-    print(f"{preset} refine {refine}: " + ", ".join(f"{n} {g:+.3f} dB" for n, g in gains.items()))
-    assert all(g >= -ALLOWED_LOSS_DB for g in gains.values()), f"{preset}: analyse --refine {refine} made memory-test clips worse: {gains}"
+    print(f"{preset} refine {refine} {kind or ''}: " + ", ".join(f"{n} {g:+.3f} dB" for n, g in gains.items()))
+    assert all(g >= -ALLOWED_LOSS_DB for g in gains.values()), (f"{preset}: analyse --refine {refine} (source kind {kind}) made "
+                                                                f"memory-test clips worse: {gains}")
 
 
 def smooth(frame):

@@ -112,14 +112,14 @@ def test_a_cache_refined_for_another_kind_of_source_is_rebuilt(rgb, tmp_path, ca
     cache = tmp_path / "r.lora"
     with pytest.raises(vs.Error, match="declared kind of source"):
         analyse(rgb, cache=str(cache), preset="real-x2", refine=2, progress=False)
-    with pytest.raises(vs.Error, match="does not refine for clean sources"):
-        analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="clean", progress=False)
+    with pytest.raises(vs.Error, match="does not refine for mjpeg sources"):
+        analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="mjpeg", progress=False)
     assert not cache.exists()
-    # refined for a clean source the way only the benchmarks may (the preset refuses that kind)
-    save_lora(analyse_frames(clip_to_array(rgb), "real-x2", refine=2, measure_refused_refine=True, source_kind="clean"), cache)
+    # refined for an MJPEG source the way only the benchmarks may (the preset refuses that kind)
+    save_lora(analyse_frames(clip_to_array(rgb), "real-x2", refine=2, measure_refused_refine=True, source_kind="mjpeg"), cache)
     rebuilt = analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="aliased", progress=False)
     notice = [line for line in capfd.readouterr().err.splitlines() if line.startswith("hypersr.analyse:")]
-    assert len(notice) == 1 and "another kind of source (clean)" in notice[0]
+    assert len(notice) == 1 and "another kind of source (mjpeg)" in notice[0]
     assert rebuilt.made_by["source_kind"] == load_lora(cache).made_by["source_kind"] == "aliased"
     again = analyse(rgb, cache=str(cache), preset="real-x2", refine=2, source_kind="aliased", progress=False)
     assert not capfd.readouterr().err  # the same settings: the cache as it is
