@@ -94,7 +94,7 @@ def test_segments_keep_the_same_safety_check_crops_as_the_whole_clip(frames):
 
 def test_the_safety_check_turns_off_a_lora_that_harms_the_clip(sample_hr):
     """A LoRA that makes the clip clearly worse (the learnt factors pointed the wrong way and scaled up)
-    gets strength 0 from pass one's check, which sees only the LR clip; the clip's own LoRA keeps 1."""
+    gets strength 0 from pass one's check, which sees only the LR clip; the clip's own LoRA gets 1 (it does best there)."""
     from hypersr.engine.analyse import safety_strength
     from hypersr.engine.bi import bi_downscale_8bit
 
@@ -199,7 +199,7 @@ def test_a_refine_for_a_declared_source_is_judged_on_that_source(sample_hr):
     lr = degradation.apply(hr, 2, degradation.CHAINS["point-h264"], np.random.default_rng(0))
     lora = analyse_frames(list(lr.numpy()), "real-x2", refine=5, source_kind="aliased")
     assert lora.made_by["source_kind"] == "aliased" and lora.made_by["refine"] == 5
-    assert lora.strength == 1.0 and lora.made_by["check"]["gain_db"]["1.0"] > -0.2, lora.made_by["check"]
+    assert lora.strength == 1.0 and lora.made_by["check"]["gain_db"]["1.0"] >= 0, lora.made_by["check"]
     again = analyse_frames(list(lr.numpy()), "real-x2", refine=5, source_kind="aliased")
     assert all(torch.equal(again.factors[k][1], lora.factors[k][1]) for k in lora.factors)  # deterministic
 
