@@ -12,10 +12,11 @@ import sys
 from pathlib import Path
 
 DEMO_REFINE = 10  # the best measured refine setting (README, "The medium-term memory")
+BUNDLED_SAMPLE = Path(__file__).resolve().parents[1] / "tests" / "data" / "bbb_640x360.mp4"  # found from any working directory
 
 
 def cmd_demo(args) -> None:
-    run_demo(args.sample, args.out, args.preset, args.device)
+    run_demo(args.sample or str(BUNDLED_SAMPLE), args.out, args.preset, args.device)
 
 
 def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str | None = None) -> dict[str, float]:
@@ -95,7 +96,7 @@ def run_demo(sample: str, out_dir: str, preset: str | None = None, device: str |
 
 def add_commands(sub) -> None:
     demo = sub.add_parser("demo", help="shrink a sample clip, upscale it back with both passes, write the results and a comparison PNG")
-    demo.add_argument("sample", nargs="?", default="tests/data/bbb_640x360.mp4")
+    demo.add_argument("sample", nargs="?", help="a video file (default: the bundled sample, tests/data/bbb_640x360.mp4)")
     demo.add_argument("-o", "--out", default="demo-out")
     demo.add_argument("--preset", default=None)
     demo.add_argument("--device", default=None)

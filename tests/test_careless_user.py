@@ -550,3 +550,10 @@ def test_long_headers_stay_readable(tmp_path, clip):
     assert probe(tmp_path / "out.y4m")[0]["frames"] == 3  # FFmpeg reads it
     again = run_hypersr("upscale", tmp_path / "out.y4m", "-o", tmp_path / "again.y4m", "--preset", "fast-x2", "-q")
     assert again.returncode == 0, again.stderr.decode()  # and so does hypersr
+
+
+def test_demo_finds_the_bundled_sample_from_any_directory(tmp_path):
+    """`hypersr demo` run outside the repository (it once looked for tests/data/... under the working directory)."""
+    proc = run_hypersr("demo", "-o", "out", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (tmp_path / "out" / "bbb_640x360_compare.png").is_file() and b"two-pass" in proc.stdout + proc.stderr
